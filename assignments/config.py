@@ -1,0 +1,146 @@
+"""Command lines built from dataclasses, with YAML config files the way Lightning's CLI does.
+
+Every field of a config dataclass becomes an option (``--batch-size`` for ``batch_size``) whose
+help text comes from the field's ``help`` metadata. ``--config FILE`` reads a YAML mapping of
+field names to values; options given on the command line override it, and
+``--print-config`` writes the resolved config as YAML, ready to be passed back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+C = TypeVar("C")
+
+
+def _base_type(annotation: Any) -> tuple[Any, bool]:
+    """Returns the concrete type of an annotation and whether it admits ``None``."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0], True
+    return annotation, False
+
+
+def _coerce(cls: type, name: str, value: Any) -> Any:
+    """Checks a YAML value against the field's type and converts lists to tuples."""
+    hints = typing.get_type_hints(cls)
+    kind, optional = _base_type(hints[name])
+    if value is None and optional:
+        return None
+    if typing.get_origin(kind) is tuple:
+        item = typing.get_args(kind)[0]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, item) for v in value):
+            raise ValueError(f"{name} must be a list of {item.__name__}, got {value!r}")
+        return tuple(value)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+        return value
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ValueError(f"{name} must be of type {kind.__name__}, got {value!r}")
+    return value
+
+
+def load_config_file(cls: type[C], path: str | Path) -> dict[str, Any]:
+    """Reads a YAML config into checked field values of ``cls``.
+
+    Raises:
+        ValueError: The file is not a mapping, names an unknown field or has a wrong type.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"cannot read config file {path}: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of option names to values")
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ValueError(
+            f"config file {path} has unknown keys {unknown}; valid keys are {sorted(fields)}"
+        )
+    try:
+        return {name: _coerce(cls, name, value) for name, value in data.items()}
+    except ValueError as err:
+        raise ValueError(f"config file {path}: {err}") from err
+
+
+def build_parser(cls: type, description: str) -> argparse.ArgumentParser:
+    """Builds an argument parser with one option per field of the dataclass ``cls``."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--config", metavar="FILE", help="YAML file of option values")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config as YAML and exit")
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        kind, optional = _base_type(hints[field.name])
+        flag = "--" + field.name.replace("_", "-")
+        options: dict[str, Any] = {
+            "dest": field.name,
+            "default": argparse.SUPPRESS,
+            "help": f"{field.metadata.get('help', '')} (default: {field.default!r})",
+        }
+        if "choices" in field.metadata:
+            options["choices"] = field.metadata["choices"]
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+        elif typing.get_origin(kind) is tuple:
+            item = typing.get_args(kind)[0]
+            parser.add_argument(flag, type=item, nargs="+", metavar=item.__name__.upper(),
+                                **options)
+        elif optional:
+            parser.add_argument(flag, type=lambda s, k=kind: None if s == "none" else k(s),
+                                metavar=kind.__name__.upper(), **options)
+        else:
+            parser.add_argument(flag, type=kind, metavar=kind.__name__.upper(), **options)
+    return parser
+
+
+def parse_config(cls: type[C], description: str, argv: Sequence[str] | None = None) -> C:
+    """Resolves a config from defaults, then ``--config FILE``, then command-line options."""
+    parser = build_parser(cls, description)
+    args = vars(parser.parse_args(argv))
+    values: dict[str, Any] = {}
+    config_file = args.pop("config")
+    print_config = args.pop("print_config")
+    if config_file:
+        try:
+            values.update(load_config_file(cls, config_file))
+        except ValueError as err:
+            parser.error(str(err))
+    values.update({k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
+    try:
+        config = cls(**values)
+    except ValueError as err:
+        parser.error(str(err))
+    if print_config:
+        yaml.safe_dump(to_dict(config), sys.stdout, sort_keys=False)
+        raise SystemExit(0)
+    return config
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A config as plain YAML-friendly values (tuples become lists)."""
+    return {
+        k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()
+    }
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    """Writes a config as YAML that ``--config`` reads back."""
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -1,0 +1,173 @@
+"""The LightningModule that trains, validates and tests any network of ``networks.py``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_modules.networks import build_network
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+LOSSES = ("cross_entropy", "mse", "multi_margin")
+LR_SCHEDULES = ("constant", "onecycle")
+STAGES = ("train", "val", "test")
+
+
+def classification_loss(
+    name: str, logits: Tensor, labels: Tensor, label_smoothing: float = 0.0
+) -> Tensor:
+    """Loss between logits (N x K) and integer labels (N) by name.
+
+    ``cross_entropy`` is Keras's sparse categorical cross-entropy on logits; ``mse`` compares
+    the softmax probabilities with one-hot targets; ``multi_margin`` is the multi-class hinge.
+    """
+    if name == "cross_entropy":
+        return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    if name == "mse":
+        one_hot = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
+        return F.mse_loss(logits.softmax(dim=-1), one_hot)
+    if name == "multi_margin":
+        return F.multi_margin_loss(logits, labels)
+    raise ValueError(f"unknown loss {name!r}; choose one of {LOSSES}")
+
+
+class ImageClassifier(L.LightningModule):
+    """Trains an image classifier and logs its loss and accuracy to every logger.
+
+    Metrics are logged as ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``,
+    ``val/acc_best``, ``test/loss`` and ``test/acc``, once per epoch. All constructor
+    arguments are saved as hyperparameters, so a checkpoint rebuilds the run.
+
+    Args:
+        network: Keyword arguments of :func:`build_network`, with ``name`` choosing the network.
+        loss: One of ``LOSSES``.
+        optimizer: One of ``OPTIMIZERS``.
+        lr: Learning rate (the peak rate under ``onecycle``).
+        momentum: Momentum of SGD and RMSprop.
+        nesterov: Nesterov momentum for SGD.
+        weight_decay: L2 penalty passed to the optimizer.
+        label_smoothing: Label smoothing of the cross-entropy loss.
+        lr_schedule: ``constant``, or ``onecycle`` over the whole fit.
+        fused: Use the optimizer's fused kernel (faster on recent CPUs and GPUs).
+        channels_last: Run convolutions in the channels-last memory format.
+        flip_tta: Average the logits of each image and its mirror image at evaluation.
+    """
+
+    def __init__(
+        self,
+        network: dict[str, Any] | None = None,
+        loss: str = "cross_entropy",
+        optimizer: str = "sgd",
+        lr: float = 0.01,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        label_smoothing: float = 0.0,
+        lr_schedule: str = "constant",
+        fused: bool = False,
+        channels_last: bool = False,
+        flip_tta: bool = False,
+    ) -> None:
+        super().__init__()
+        for name, value, allowed in (
+            ("loss", loss, LOSSES),
+            ("optimizer", optimizer, OPTIMIZERS),
+            ("lr_schedule", lr_schedule, LR_SCHEDULES),
+        ):
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r}; choose one of {allowed}")
+        if lr <= 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        self.save_hyperparameters()
+        self.net = build_network(**(network or {}))
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        num_classes = self.net.output.out_features if hasattr(self.net, "output") else 10
+        self.num_classes = int(num_classes)
+        # Keyed "train_acc", "val_loss", ...: a ModuleDict may not use the key "train".
+        self.epoch_metrics = nn.ModuleDict()
+        for stage in STAGES:
+            self.epoch_metrics[f"{stage}_acc"] = MulticlassAccuracy(self.num_classes, average="micro")
+            self.epoch_metrics[f"{stage}_loss"] = MeanMetric()
+        self.val_acc_best = MaxMetric()
+
+    def forward(self, images: Tensor) -> Tensor:
+        if self.hparams["channels_last"]:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.net(images)
+
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        images, labels = batch
+        logits = self(images)
+        if stage != "train" and self.hparams["flip_tta"]:
+            logits = (logits + self(images.flip(-1))) / 2
+        loss = classification_loss(
+            self.hparams["loss"], logits, labels, self.hparams["label_smoothing"]
+        )
+        mean_loss, accuracy = (self.epoch_metrics[f"{stage}_{m}"] for m in ("loss", "acc"))
+        mean_loss(loss.detach(), weight=len(labels))
+        accuracy(logits.detach(), labels)
+        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        logits = self(batch[0])
+        if self.hparams["flip_tta"]:
+            logits = (logits + self(batch[0].flip(-1))) / 2
+        return logits.argmax(dim=-1)
+
+    def on_train_start(self) -> None:
+        # Validation during the sanity check must not count towards the best accuracy.
+        self.val_acc_best.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc_best(self.epoch_metrics["val_acc"].compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=False)
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        params = self.net.parameters()
+        fused = {"fused": True} if hp["fused"] else {}
+        optimizer: torch.optim.Optimizer
+        if hp["optimizer"] == "sgd":
+            optimizer = torch.optim.SGD(params, lr=hp["lr"], momentum=hp["momentum"],
+                                        nesterov=hp["nesterov"],
+                                        weight_decay=hp["weight_decay"], **fused)
+        elif hp["optimizer"] == "adam":
+            optimizer = torch.optim.Adam(params, lr=hp["lr"], weight_decay=hp["weight_decay"],
+                                         **fused)
+        elif hp["optimizer"] == "adamw":
+            optimizer = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"],
+                                          **fused)
+        else:
+            optimizer = torch.optim.RMSprop(params, lr=hp["lr"], momentum=hp["momentum"],
+                                            weight_decay=hp["weight_decay"])
+        if hp["lr_schedule"] == "constant":
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=hp["lr"], total_steps=int(self.trainer.estimated_stepping_batches)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def log_hparams_with_metrics(self, metrics: dict[str, float]) -> None:
+        """Writes the hyperparameters with final metrics, for TensorBoard's HPARAMS tab."""
+        for logger in self.loggers:
+            logger.log_hyperparams(self.hparams, metrics)
