@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import types
 import typing
@@ -20,6 +21,21 @@ from typing import Any, TypeVar
 import yaml
 
 C = TypeVar("C")
+
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "64-true")
+
+
+def default_data_dir() -> str:
+    """The data folder: ``$DATA_DIR`` when set, else ``data`` in the working directory."""
+    return os.environ.get("DATA_DIR", "data")
+
+
+def option(default: Any, help: str, choices: Any = None) -> Any:
+    """A dataclass field that becomes a command-line option with help text and choices."""
+    metadata: dict[str, Any] = {"help": help}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def _base_type(annotation: Any) -> tuple[Any, bool]:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 
-from assignments.config import save_config
+from assignments.config import PRECISIONS, default_data_dir, save_config
+from assignments.config import option as _option
 from assignments.reporting import markdown_table, plot_curves, write_prediction_figures
 from assignments.training import RunResult, environment_summary, fit_and_test
 from data_modules.mnist import MNISTDataModule
@@ -29,19 +28,6 @@ log = logging.getLogger(__name__)
 
 CONV_CHANNELS = (6, 32, 64, 16)
 DENSE_UNITS = (256, 64)
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "64-true")
-
-
-def default_data_dir() -> str:
-    """The data folder: ``$DATA_DIR`` when set, else ``data`` in the working directory."""
-    return os.environ.get("DATA_DIR", "data")
-
-
-def _option(default: Any, help: str, choices: Any = None) -> Any:
-    metadata: dict[str, Any] = {"help": help}
-    if choices is not None:
-        metadata["choices"] = tuple(choices)
-    return field(default=default, metadata=metadata)
 
 
 @dataclass
