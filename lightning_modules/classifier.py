@@ -11,11 +11,12 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+import lightning_modules.fast_net  # noqa: F401  (registers the "fast" network)
 from lightning_modules.networks import build_network
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 LOSSES = ("cross_entropy", "mse", "multi_margin")
-LR_SCHEDULES = ("constant", "onecycle")
+LR_SCHEDULES = ("constant", "onecycle", "linear")
 STAGES = ("train", "val", "test")
 
 
@@ -48,12 +49,17 @@ class ImageClassifier(L.LightningModule):
         network: Keyword arguments of :func:`build_network`, with ``name`` choosing the network.
         loss: One of ``LOSSES``.
         optimizer: One of ``OPTIMIZERS``.
-        lr: Learning rate (the peak rate under ``onecycle``).
+        lr: Learning rate (the peak rate under ``onecycle`` and ``linear``).
         momentum: Momentum of SGD and RMSprop.
         nesterov: Nesterov momentum for SGD.
         weight_decay: L2 penalty passed to the optimizer.
         label_smoothing: Label smoothing of the cross-entropy loss.
-        lr_schedule: ``constant``, or ``onecycle`` over the whole fit.
+        lr_schedule: ``constant``; ``onecycle`` over the whole fit (cosine warm-up and decay,
+            momentum cycled); or ``linear``: a linear warm-up to ``lr`` over
+            ``warmup_fraction`` of the steps, then a linear decay towards zero, with the
+            optimizer's momentum left as set (the speed-record schedule).
+        warmup_fraction: Fraction of the training steps spent warming up under ``onecycle``
+            and ``linear``.
         fused: Use the optimizer's fused kernel (faster on recent CPUs and GPUs).
         channels_last: Run convolutions in the channels-last memory format.
         flip_tta: Average the logits of each image and its mirror image at evaluation.
@@ -73,6 +79,7 @@ class ImageClassifier(L.LightningModule):
         fused: bool = False,
         channels_last: bool = False,
         flip_tta: bool = False,
+        warmup_fraction: float = 0.3,
     ) -> None:
         super().__init__()
         for name, value, allowed in (
@@ -84,6 +91,9 @@ class ImageClassifier(L.LightningModule):
                 raise ValueError(f"unknown {name} {value!r}; choose one of {allowed}")
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
+        if not 0 < warmup_fraction < 1:
+            raise ValueError(f"warmup_fraction must lie strictly between 0 and 1, got "
+                             f"{warmup_fraction}")
         self.save_hyperparameters()
         self.net = build_network(**(network or {}))
         if channels_last:
@@ -162,8 +172,11 @@ class ImageClassifier(L.LightningModule):
                                             weight_decay=hp["weight_decay"])
         if hp["lr_schedule"] == "constant":
             return optimizer
+        linear = hp["lr_schedule"] == "linear"
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=hp["lr"], total_steps=int(self.trainer.estimated_stepping_batches)
+            optimizer, max_lr=hp["lr"], total_steps=int(self.trainer.estimated_stepping_batches),
+            pct_start=hp.get("warmup_fraction", 0.3),
+            **({"anneal_strategy": "linear", "cycle_momentum": False} if linear else {}),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
