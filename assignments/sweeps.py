@@ -71,6 +71,10 @@ class SweepError(Exception):
     """A sweep that cannot start or produced nothing, with the reason and how to fix it."""
 
 
+class SweepInterrupted(SweepError):
+    """A sweep stopped before all its trials finished; ``resume`` continues it."""
+
+
 @dataclass(frozen=True)
 class Assignment:
     """What a sweep needs to know about an assignment.
@@ -176,6 +180,12 @@ class SweepSettings:
     @property
     def space(self) -> SearchSpace:
         return ASSIGNMENTS[self.assignment].presets[self.preset]
+
+    @property
+    def trial_count(self) -> int:
+        """Trials of the whole sweep: the samples, times the grid's points for grid search."""
+        grid = self.space.grid_size() if self.searcher == "grid" else 1
+        return (self.samples or 1) * grid
 
 
 def validate(settings: SweepSettings) -> None:
@@ -297,9 +307,7 @@ def plan_resources(settings: SweepSettings, cpus: float, gpus: float) -> Resourc
         SweepError: GPUs are requested where there are none, or a trial asks for more than
             the machine or cluster has, so it would wait forever.
     """
-    samples = settings.samples or 1
-    if settings.searcher == "grid":
-        samples *= settings.space.grid_size()
+    samples = settings.trial_count
     wanted_gpus = settings.gpus_per_trial
     if wanted_gpus and gpus == 0:
         raise SweepError(
@@ -409,13 +417,26 @@ class HparamsWithMetrics(Callback):
             experiment.flush()
 
 
+def report_callback() -> Callback:
+    """Ray Tune's Lightning callback as every trial uses it.
+
+    Returns:
+        A ``TuneReportCheckpointCallback`` that reports ``TUNE_METRICS`` and saves a
+        checkpoint at the end of every validation epoch (never during the sanity check).
+    """
+    from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
+
+    return TuneReportCheckpointCallback(metrics=TUNE_METRICS, filename=CHECKPOINT_FILE,
+                                        on="validation_end")
+
+
 def trial_dirname(trial: Any) -> str:
     """Folder name of a trial inside the sweep folder."""
     return f"trial_{trial.trial_id}"
 
 
 def train_trial(
-    point: dict[str, Any],
+    config: dict[str, Any],
     *,
     assignment: str,
     base: dict[str, Any],
@@ -429,7 +450,7 @@ def train_trial(
     is absolute. Resumes from the trial's latest checkpoint when Tune restores it.
 
     Args:
-        point: The trial's sampled parameters.
+        config: The trial's sampled point (Tune's name for it).
         assignment: Key of ``ASSIGNMENTS``.
         base: Config fields shared by all trials.
         sweep_dir: The sweep's folder; the trial writes into ``sweep_dir/trial_<id>``.
@@ -437,27 +458,26 @@ def train_trial(
         val_subset: Validate on only this many images (``None``: all).
     """
     from ray import tune
-    from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
 
     torch.set_num_threads(max(1, int(cpus)))
     spec = ASSIGNMENTS[assignment]
-    config = trial_config(assignment, base, point)
-    L.seed_everything(config.seed, workers=True)
-    datamodule = spec.build_datamodule(config)
+    point = config
+    run = trial_config(assignment, base, point)
+    L.seed_everything(run.seed, workers=True)
+    datamodule = spec.build_datamodule(run)
     datamodule.val_subset = val_subset  # type: ignore[attr-defined]
-    model = spec.build_model(config)
+    model = spec.build_model(run)
 
     trial_dir = Path(sweep_dir) / f"trial_{tune.get_context().get_trial_id()}"
     logger = TensorBoardLogger(save_dir=str(trial_dir), name="", version="",
                                default_hp_metric=False)
-    report = TuneReportCheckpointCallback(metrics=TUNE_METRICS, filename=CHECKPOINT_FILE,
-                                          on="validation_end")
+    report = report_callback()
     trainer = L.Trainer(
-        max_epochs=config.epochs,
-        accelerator=config.accelerator,
+        max_epochs=run.epochs,
+        accelerator=run.accelerator,
         devices=1,
-        precision=config.precision,
-        deterministic=config.deterministic,
+        precision=run.precision,
+        deterministic=run.deterministic,
         logger=logger,
         # The events are written and flushed before the report that may end the process.
         callbacks=[HparamsWithMetrics(point), report],
@@ -465,7 +485,7 @@ def train_trial(
         enable_progress_bar=False,
         enable_model_summary=False,
         log_every_n_steps=10,
-        **({"limit_train_batches": 4, "limit_val_batches": 2} if config.smoke else {}),
+        **({"limit_train_batches": 4, "limit_val_batches": 2} if run.smoke else {}),
     )
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
@@ -483,6 +503,45 @@ def _search_alg(settings: SweepSettings) -> Any:
 
         return OptunaSearch(metric=OBJECTIVE, mode=MODE, seed=settings.seed)
     return BasicVariantGenerator(random_state=settings.seed)
+
+
+def preview_points(settings: SweepSettings, count: int) -> list[dict[str, Any]]:
+    """The first points the sweep's searcher suggests, without Ray or any training.
+
+    Random and grid search suggest exactly these points in a sweep with the same seed; the
+    first points of Optuna's TPE are its seeded random start-up samples.
+
+    Args:
+        settings: The sweep (its searcher, preset and seed).
+        count: Points to draw.
+
+    Returns:
+        The sampled points, in the order the sweep would start them.
+    """
+    import tempfile
+
+    from ray.tune.experiment import Experiment
+
+    validate(settings)
+    space = settings.space.to_tune(settings.searcher)
+    searcher = _search_alg(settings)
+    if settings.searcher == "optuna":
+        searcher.set_search_properties(OBJECTIVE, MODE, space)
+        return [searcher.suggest(f"preview_{i}") for i in range(count)]
+    def never_run(config: dict[str, Any]) -> None:
+        raise RuntimeError("a preview trains nothing")
+
+    with tempfile.TemporaryDirectory() as scratch:
+        searcher.add_configurations([Experiment("preview", never_run, config=space,
+                                                num_samples=settings.samples or 1,
+                                                storage_path=scratch)])
+        points = []
+        for _ in range(count):
+            trial = searcher.next_trial()
+            if trial is None:
+                break
+            points.append(dict(trial.config))
+    return points
 
 
 def _scheduler(settings: SweepSettings) -> Any:
@@ -602,7 +661,22 @@ class SweepResult:
         return self.trials[0]
 
 
-def run_sweep(settings: SweepSettings, resume: bool = False) -> SweepResult:
+def _check_finished(settings: SweepSettings) -> None:
+    from ray.tune import ExperimentAnalysis
+
+    trials = ExperimentAnalysis(str(settings.sweep_dir)).trials
+    expected = settings.trial_count
+    unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+    if unfinished or len(trials) < expected:
+        raise SweepInterrupted(
+            f"the sweep in {settings.sweep_dir} stopped with {len(unfinished)} unfinished and "
+            f"{max(0, expected - len(trials))} unstarted trials; continue it with --resume "
+            f"--name {settings.name} --runs-dir {settings.runs_dir}"
+        )
+
+
+def run_sweep(settings: SweepSettings, resume: bool = False,
+              callbacks: list[Any] | None = None) -> SweepResult:
     """Runs (or resumes) a sweep and writes its CSV, best config and TensorBoard events.
 
     Args:
@@ -610,6 +684,7 @@ def run_sweep(settings: SweepSettings, resume: bool = False) -> SweepResult:
             and only ``address`` is taken from here.
         resume: Restore the sweep in ``settings.sweep_dir``: finished trials are kept,
             unfinished ones continue from their latest checkpoint, errored ones rerun.
+        callbacks: Further Ray Tune callbacks of a new sweep (a resumed one keeps its own).
 
     Returns:
         The trials, best first, and the best config.
@@ -617,6 +692,7 @@ def run_sweep(settings: SweepSettings, resume: bool = False) -> SweepResult:
     Raises:
         SweepError: Invalid settings, an existing folder without ``resume`` (or a missing one
             with it), GPUs requested where there are none, or no trial that reported.
+        SweepInterrupted: The sweep stopped (Ctrl-C, ``SIGUSR1``) before all trials ended.
     """
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -668,12 +744,14 @@ def run_sweep(settings: SweepSettings, resume: bool = False) -> SweepResult:
                 run_config=tune.RunConfig(
                     name=settings.name, storage_path=settings.runs_dir,
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    callbacks=[CSVLoggerCallback(), JsonLoggerCallback()], verbose=1,
+                    callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), *(callbacks or [])],
+                    verbose=1,
                 ),
             )
         with _tune_environment():
             results = tuner.fit()
     wall = time.perf_counter() - start
+    _check_finished(settings)
 
     trials = summarize(results, settings.max_epochs)
     if not trials or math.isnan(trials[0].val_acc):

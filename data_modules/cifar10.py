@@ -78,7 +78,7 @@ def load_pickle(path: Path) -> dict[str, Any]:
         size = path.stat().st_size
         raise DataFileError(
             f"{path}: expected a CIFAR-10 pickle, found a file of {size} bytes that does not "
-            f"load ({type(err).__name__}: {err}); it is truncated or damaged. {_fix(path)}"
+            f"load ({type(err).__name__}: {err}): it is truncated or damaged. {_fix(path)}"
         ) from err
     if not isinstance(data, dict):
         raise DataFileError(

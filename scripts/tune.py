@@ -27,7 +27,9 @@ from assignments.sweeps import (
     SEARCHERS,
     TUTORIAL_VAL_ACC,
     SweepError,
+    SweepInterrupted,
     SweepSettings,
+    preview_points,
     retrain_best,
     run_sweep,
     top_table,
@@ -86,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--retrain", action="store_true", help="after the sweep, retrain and test the best")
     add("--retrain-only", metavar="SWEEP_DIR",
         help="only retrain and test the best config of this finished sweep")
+    add("--dry-run", action="store_true",
+        help="print the points the searcher would try first, then exit without training")
     add("--smoke", action="store_true",
         help="2 trials of 2 epochs of a few batches on a subset: checks the pipeline")
     return parser
@@ -94,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> SweepSettings:
     """The sweep settings of parsed command-line options (smoke mode shrinks them)."""
     values = {k: v for k, v in vars(args).items()
-              if k not in ("resume", "retrain", "retrain_only")}
+              if k not in ("resume", "retrain", "retrain_only", "dry_run")}
     if args.smoke:
         for key, value in SMOKE.items():
             if key in ("samples", "train_subset", "val_subset") and values.get(key) is not None:
@@ -121,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             _print_retrain(config, result)
             return 0
         settings = settings_from_args(args)
+        if args.dry_run:
+            for point in preview_points(settings, settings.trial_count):
+                print(point)
+            return 0
         result = run_sweep(settings, resume=args.resume)
         print(top_table(result, settings.top))
         print(f"{len(result.trials)} trials, {result.epochs_spent} epochs, "
@@ -132,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.retrain:
             config, run = retrain_best(result.sweep_dir, smoke=args.smoke)
             _print_retrain(config, run)
+    except SweepInterrupted as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        return 130
     except (SweepError, DataFileError, DatasetNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
