@@ -193,3 +193,45 @@ QUIZ14_PRESETS: dict[str, SearchSpace] = {
         ),
     )
 }
+
+
+ASSIGNMENT1_PRESETS: dict[str, SearchSpace] = {
+    space.name: space
+    for space in (
+        SearchSpace(
+            name="full",
+            description=(
+                "The tutorial's space on CIFAR-10's baseline network (no pooling, no batch "
+                "norm): activation, one to four convolutions, one to three dense layers, the "
+                "loss, the optimizer with or without momentum and the learning rate."
+            ),
+            params=QUIZ14_PRESETS["full"].params,
+            fixed={"network": "convnet"},
+        ),
+        SearchSpace(
+            name="widths",
+            description=(
+                "Only the widths of the baseline network (four convolutions, two dense "
+                "layers), trained with its default SGD with momentum."
+            ),
+            params={
+                **_widths("conv", 4, (16, 32, 64, 128)),
+                **_widths("dense", 2, (64, 128, 256)),
+            },
+            fixed={"network": "convnet"},
+        ),
+        SearchSpace(
+            name="quick",
+            description=(
+                "The fast network's training recipe: peak learning rate, weight decay and "
+                "label smoothing, at its default widths; every point is a strong network."
+            ),
+            params={
+                "lr": LogUniform(0.05, 0.5, grid=(0.1, 0.2)),
+                "weight_decay": Choice((1e-4, 5e-4)),
+                "label_smoothing": Choice((0.0, 0.2)),
+            },
+            fixed={"network": "fast"},
+        ),
+    )
+}

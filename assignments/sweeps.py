@@ -46,10 +46,15 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from assignments import quiz14
-from assignments.config import save_config, to_dict
+from assignments import assignment1, quiz14
+from assignments.config import default_data_dir, save_config, to_dict
 from assignments.reporting import markdown_table
-from assignments.search_spaces import QUIZ14_PRESETS, SearchSpace, config_fields
+from assignments.search_spaces import (
+    ASSIGNMENT1_PRESETS,
+    QUIZ14_PRESETS,
+    SearchSpace,
+    config_fields,
+)
 from assignments.training import environment_summary
 from lightning_modules.classifier import ImageClassifier
 
@@ -87,6 +92,7 @@ class Assignment:
         train_and_test: Trains, tests and writes the figures of a config's run.
         presets: The named search spaces.
         script: The command line that reads ``best.yaml`` with ``--config``.
+        precision: The Lightning precision of a config (resolving values such as ``auto``).
     """
 
     name: str
@@ -96,6 +102,7 @@ class Assignment:
     train_and_test: Callable[..., Any]
     presets: Mapping[str, SearchSpace]
     script: str
+    precision: Callable[[Any], str] = lambda config: str(config.precision)
 
 
 # A further assignment is one more entry: its config class, builders and presets.
@@ -108,6 +115,17 @@ ASSIGNMENTS: dict[str, Assignment] = {
         train_and_test=quiz14.train_and_test,
         presets=QUIZ14_PRESETS,
         script="scripts/quiz14.py",
+    ),
+    "assignment1": Assignment(
+        name="assignment1",
+        config_cls=assignment1.Assignment1Config,
+        build_datamodule=assignment1.build_datamodule,
+        build_model=assignment1.build_model,
+        train_and_test=assignment1.train_and_test,
+        presets=ASSIGNMENT1_PRESETS,
+        script="scripts/assignment1.py",
+        precision=lambda config: assignment1.resolve_precision(config.precision,
+                                                               config.accelerator),
     ),
 }
 
@@ -157,7 +175,7 @@ class SweepSettings:
     gpus_per_trial: float | None = None
     num_cpus: int | None = None
     address: str | None = None
-    data_dir: str = field(default_factory=quiz14.default_data_dir)
+    data_dir: str = field(default_factory=default_data_dir)
     train_subset: int | None = None
     val_subset: int | None = None
     batch_size: int | None = None
@@ -476,7 +494,7 @@ def train_trial(
         max_epochs=run.epochs,
         accelerator=run.accelerator,
         devices=1,
-        precision=run.precision,
+        precision=spec.precision(run),
         deterministic=run.deterministic,
         logger=logger,
         # The events are written and flushed before the report that may end the process.
