@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import torch
 
 from assignments.config import PRECISIONS, default_data_dir, save_config
 from assignments.config import option as _option
@@ -53,7 +56,7 @@ class Quiz14Config:
     num_workers: int = _option(0, "data loader worker processes")
     accelerator: str = _option("auto", "cpu, gpu or auto (a GPU when there is one)")
     precision: str = _option("32-true", "numeric precision", PRECISIONS)
-    channels_last: bool = _option(False, "channels-last memory format for convolutions")
+    channels_last: bool = _option(True, "channels-last memory format for convolutions")
     fused: bool = _option(False, "fused optimizer kernel")
     deterministic: bool = _option(True, "deterministic algorithms only")
     runs_dir: str = _option("runs", "folder of TensorBoard runs and checkpoints")
@@ -61,10 +64,11 @@ class Quiz14Config:
     compare: tuple[str, ...] = _option(
         (), "train each of these activations under the same budget and compare them")
     report_dir: str | None = _option(None, "where the comparison figures go (default: runs)")
+    jobs: int = _option(1, "compared runs trained side by side, each on cores / jobs threads")
     smoke: bool = _option(False, "a few batches of everything, to test the pipeline")
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "jobs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -127,17 +131,36 @@ def train_and_test(config: Quiz14Config, progress_bar: bool = True) -> RunResult
     return result
 
 
+def _train_with_threads(config: Quiz14Config, threads: int) -> RunResult:
+    """Runs :func:`train_and_test` in a worker process limited to ``threads`` threads."""
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO)
+    return train_and_test(config, progress_bar=False)
+
+
 def compare_activations(config: Quiz14Config, out_dir: Path) -> dict[str, RunResult]:
     """Trains the network once per activation in ``config.compare`` under the same budget.
+
+    With ``config.jobs > 1`` the runs train side by side in separate processes that share the
+    machine's threads; each run is seeded alike, so its numbers do not depend on ``jobs``
+    beyond the floating-point effects of the thread count.
 
     Writes ``comparison.png`` (loss and accuracy per epoch of every run) and
     ``comparison.md`` (final accuracies, machine, versions and command) into ``out_dir``.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = {}
-    for activation in config.compare:
-        run_config = dataclasses.replace(config, activation=activation, compare=())
-        results[activation] = train_and_test(run_config)
+    # One run folder per activation, so runs started together never race for a version.
+    configs = {a: dataclasses.replace(config, activation=a, compare=(), name=f"{config.name}_{a}")
+               for a in config.compare}
+    if config.jobs == 1:
+        results = {a: train_and_test(c) for a, c in configs.items()}
+    else:
+        threads = max(1, torch.get_num_threads() // config.jobs)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(config.jobs, mp_context=context) as pool:
+            futures = {a: pool.submit(_train_with_threads, c, threads)
+                       for a, c in configs.items()}
+            results = {a: future.result() for a, future in futures.items()}
     plot_curves({a: r.history for a, r in results.items()}, out_dir / "comparison.png")
     rows = [
         (a, r.metrics["test/acc"], r.metrics["test/loss"], r.metrics["val/acc_best"],
@@ -150,6 +173,8 @@ def compare_activations(config: Quiz14Config, out_dir: Path) -> dict[str, RunRes
     (out_dir / "comparison.md").write_text(
         table + f"\nMachine and versions: {environment_summary()}.\n"
         f"Settings: optimizer {config.optimizer}, lr {config.lr}, momentum {config.momentum}, "
-        f"batch {config.batch_size}, precision {config.precision}, seed {config.seed}.\n"
+        f"batch {config.batch_size}, precision {config.precision}, channels-last "
+        f"{config.channels_last}, {config.epochs} epochs, seed {config.seed}, "
+        f"{config.jobs} run(s) side by side.\n"
     )
     return results
