@@ -513,14 +513,17 @@ def train_trial(
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(Path(folder) / CHECKPOINT_FILE))
 
 
-def _search_alg(settings: SweepSettings) -> Any:
+def _search_alg(settings: SweepSettings, max_concurrent: int = 0) -> Any:
+    """The seeded searcher; ``max_concurrent`` (0: no limit) caps the trials run at once."""
+    from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     if settings.searcher == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(metric=OBJECTIVE, mode=MODE, seed=settings.seed)
-    return BasicVariantGenerator(random_state=settings.seed)
+        searcher = OptunaSearch(metric=OBJECTIVE, mode=MODE, seed=settings.seed)
+        return ConcurrencyLimiter(searcher, max_concurrent) if max_concurrent else searcher
+    return BasicVariantGenerator(random_state=settings.seed, max_concurrent=max_concurrent)
 
 
 def preview_points(settings: SweepSettings, count: int) -> list[dict[str, Any]]:
@@ -754,9 +757,9 @@ def run_sweep(settings: SweepSettings, resume: bool = False,
                 trainable,
                 param_space=settings.space.to_tune(settings.searcher),
                 tune_config=tune.TuneConfig(
-                    metric=OBJECTIVE, mode=MODE, search_alg=_search_alg(settings),
+                    metric=OBJECTIVE, mode=MODE,
+                    search_alg=_search_alg(settings, resources.max_concurrent),
                     scheduler=_scheduler(settings), num_samples=settings.samples or 1,
-                    max_concurrent_trials=resources.max_concurrent,
                     trial_dirname_creator=trial_dirname,
                 ),
                 run_config=tune.RunConfig(

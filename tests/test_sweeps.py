@@ -257,7 +257,7 @@ class InterruptAfterFirstTrial(TuneCallback):
 
 def test_an_interrupted_sweep_resumes_without_redoing_finished_trials(
         local_ray, mnist_dir, tmp_path):
-    settings = tiny_settings(tmp_path, mnist_dir, samples=3, cpus_per_trial=2,
+    settings = tiny_settings(tmp_path, mnist_dir, samples=2, cpus_per_trial=2,
                              early_stopping=False)
     marker = tmp_path / "first_trial"
 
@@ -265,23 +265,27 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_trials(
         run_sweep(settings, callbacks=[InterruptAfterFirstTrial(marker)])
     first = marker.read_text()
     first_progress = (settings.sweep_dir / f"trial_{first}" / "progress.csv").read_text()
-    result = run_sweep(tiny_settings(tmp_path, mnist_dir, samples=3), resume=True)
+    assert not (settings.sweep_dir / "trials.csv").exists()
+    result = run_sweep(tiny_settings(tmp_path, mnist_dir), resume=True)
 
-    assert len(result.trials) == 3
+    assert len(result.trials) == 2
     assert all(t.status == "completed" and t.epochs == 2 for t in result.trials)
     assert (settings.sweep_dir / f"trial_{first}" / "progress.csv").read_text() == first_progress
-    assert len(_rows(settings.sweep_dir / "trials.csv")) == 3
+    assert len(_rows(settings.sweep_dir / "trials.csv")) == 2
 
 
-def test_retrain_writes_the_quiz14_figures_and_the_comparison(local_ray, mnist_dir, tmp_path):
-    run_sweep(tiny_settings(tmp_path, mnist_dir, samples=1, max_epochs=1, smoke=True))
+def test_smoke_sweep_then_retrain_writes_the_quiz14_figures(local_ray, mnist_dir, tmp_path,
+                                                            capsys):
+    code = tune_script.main(["--smoke", "--samples", "1", "--retrain", "--runs-dir",
+                             str(tmp_path), "--name", "smoke", "--data-dir", str(mnist_dir)])
 
-    config, result = sweeps.retrain_best(tmp_path / "tiny", epochs=1, smoke=True)
-
-    for name in ("curves.png", "confusion_matrix.png", "per_class_accuracy.md", "samples.png"):
-        assert (result.run_dir / name).is_file()
-    assert "0.9877" in (tmp_path / "tiny" / "retrain.md").read_text()
-    assert result.run_dir.parent == tmp_path / "tiny" / "retrain"
+    assert code == 0
+    (run_dir,) = (tmp_path / "smoke" / "retrain").iterdir()
+    for name in ("curves.png", "confusion_matrix.png", "per_class_accuracy.md", "samples.png",
+                 "config.yaml"):
+        assert (run_dir / name).is_file()
+    assert "0.9877" in (tmp_path / "smoke" / "retrain.md").read_text()
+    assert "Retrained best config" in capsys.readouterr().out
 
 
 def _free_port() -> int:
@@ -290,6 +294,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_sweep_through_address_joins_a_running_head(mnist_dir, tmp_path):
     ray.shutdown()
     port = _free_port()
