@@ -90,6 +90,7 @@ class Assignment1Config:
     seed: int = option(0, "seed of weights, shuffling, augmentation and everything random")
     split_seed: int = option(0, "seed of the 45,000 / 5,000 train/validation split")
     train_subset: int | None = option(None, "train on only this many images (none: all)")
+    val_subset: int | None = option(None, "validate on only this many images (none: all)")
     data_dir: str = option(default_data_dir(),
                            "folder holding cifar-10-batches-py (default: $DATA_DIR or ./data)")
     download: bool = option(True, "download CIFAR-10 from the official address if missing")
@@ -146,6 +147,7 @@ def build_datamodule(config: Assignment1Config) -> CIFAR10DataModule:
         eval_batch_size=config.batch_size if config.smoke else max(config.batch_size, 1000),
         split_seed=config.split_seed,
         train_subset=config.train_subset,
+        val_subset=config.val_subset,
         download=config.download,
         num_workers=config.num_workers,
         augment=config.augment,

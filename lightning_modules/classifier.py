@@ -173,9 +173,14 @@ class ImageClassifier(L.LightningModule):
         if hp["lr_schedule"] == "constant":
             return optimizer
         linear = hp["lr_schedule"] == "linear"
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        warmup = hp.get("warmup_fraction", 0.3)
+        if linear and total_steps >= 3:
+            # OneCycleLR divides by zero when a phase is a single step long: keep two
+            # warm-up steps and one decay step however short the run.
+            warmup = min(max(warmup, 2 / total_steps), 1 - 1 / total_steps)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=hp["lr"], total_steps=int(self.trainer.estimated_stepping_batches),
-            pct_start=hp.get("warmup_fraction", 0.3),
+            optimizer, max_lr=hp["lr"], total_steps=total_steps, pct_start=warmup,
             **({"anneal_strategy": "linear", "cycle_momentum": False} if linear else {}),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
