@@ -281,15 +281,23 @@ def trial_config(assignment: str, base: Mapping[str, Any], point: Mapping[str, A
     return ASSIGNMENTS[assignment].config_cls(**{**base, **config_fields(point)})
 
 
-def base_fields(settings: SweepSettings) -> dict[str, Any]:
-    """Config fields shared by every trial of a sweep."""
+def base_fields(settings: SweepSettings, gpus_per_trial: float = 0.0) -> dict[str, Any]:
+    """Config fields shared by every trial of a sweep.
+
+    Args:
+        settings: The sweep.
+        gpus_per_trial: Each trial's share of a GPU; trials train on the GPU when positive.
+
+    Returns:
+        The fields, the preset's fixed ones included.
+    """
     base: dict[str, Any] = {
         "data_dir": settings.data_dir,
         "download": False,
         "epochs": settings.max_epochs,
         "seed": settings.seed,
         "train_subset": settings.train_subset,
-        "accelerator": "gpu" if (settings.gpus_per_trial or 0) > 0 else "cpu",
+        "accelerator": "gpu" if gpus_per_trial > 0 else "cpu",
         "smoke": settings.smoke,
     }
     if settings.batch_size is not None:
@@ -483,7 +491,8 @@ def train_trial(
     run = trial_config(assignment, base, point)
     L.seed_everything(run.seed, workers=True)
     datamodule = spec.build_datamodule(run)
-    datamodule.val_subset = val_subset  # type: ignore[attr-defined]
+    if val_subset is not None:
+        datamodule.val_subset = val_subset  # type: ignore[attr-defined]
     model = spec.build_model(run)
 
     trial_dir = Path(sweep_dir) / f"trial_{tune.get_context().get_trial_id()}"
@@ -579,7 +588,8 @@ def _trainable(settings: SweepSettings, resources: Resources) -> Any:
     from ray import tune
 
     trainable = tune.with_parameters(
-        train_trial, assignment=settings.assignment, base=base_fields(settings),
+        train_trial, assignment=settings.assignment,
+        base=base_fields(settings, resources.gpus_per_trial),
         sweep_dir=str(settings.sweep_dir), cpus=resources.cpus_per_trial,
         val_subset=settings.val_subset,
     )

@@ -9,8 +9,9 @@
     python scripts/tune.py --smoke                                   # seconds: checks the pipeline
 
 Every sweep writes into ``runs/sweeps/<name>``: one TensorBoard run per trial (open them with
-``tensorboard --logdir runs/sweeps/<name>``), ``trials.csv`` and ``best.yaml``, which
-``scripts/quiz14.py --config`` reads. Presets:
+``tensorboard --logdir runs/sweeps/<name>``), ``trials.csv`` and ``best.yaml``, which the
+assignment's script (``scripts/quiz14.py`` or ``scripts/assignment1.py``) reads with
+``--config``. Presets:
 
 {presets}
 """
