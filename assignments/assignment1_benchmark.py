@@ -102,7 +102,7 @@ def plain_throughput(config: Assignment1Config, datamodule: CIFAR10DataModule,
         linear = config.lr_schedule == "linear"
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=config.lr, total_steps=batches, pct_start=config.warmup_fraction,
-            **({"anneal_strategy": "linear", "cycle_momentum": False} if linear else {}))
+            anneal_strategy="linear" if linear else "cos", cycle_momentum=not linear)
     ends: list[tuple[float, int]] = []
     for step, (images, labels) in enumerate(datamodule.train_dataloader()):
         if step == batches:

@@ -32,7 +32,7 @@ TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 META_FILE = "batches.meta"
 REQUIRED_FILES = (*TRAIN_BATCHES, TEST_BATCH, META_FILE)
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck")
 IMAGE_VALUES = 3 * 32 * 32
 OFFICIAL_COUNTS = (50_000, 10_000)

@@ -181,7 +181,7 @@ class ImageClassifier(L.LightningModule):
             warmup = min(max(warmup, 2 / total_steps), 1 - 1 / total_steps)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=hp["lr"], total_steps=total_steps, pct_start=warmup,
-            **({"anneal_strategy": "linear", "cycle_momentum": False} if linear else {}),
+            anneal_strategy="linear" if linear else "cos", cycle_momentum=not linear,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -85,7 +85,7 @@ def test_short_training_on_real_images_beats_chance(cifar10_dir: Path) -> None:
     L.seed_everything(0)
     datamodule = build_datamodule(config)
     model = build_model(config)
-    trainer = quiet_trainer(max_epochs=config.epochs, limit_val_batches=1, limit_test_batches=1)
+    trainer = quiet_trainer(max_epochs=config.epochs, limit_val_batches=0, limit_test_batches=1)
 
     trainer.fit(model, datamodule=datamodule)
     (metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)
