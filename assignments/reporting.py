@@ -22,8 +22,8 @@ def plot_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path: Pa
             line = ax.plot(x, [row.get(f"val/{metric}", float("nan")) for row in epochs],
                            marker="o", label=f"{label} val")[0]
             ax.plot(x, [row.get(f"train/{metric}", float("nan")) for row in epochs],
-                    linestyle="--", color=line.get_color(), label=f"{label} train")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
+                    linestyle="--", marker="x", color=line.get_color(), label=f"{label} train")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy", ylim=(0, 1))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
@@ -117,8 +117,7 @@ def write_prediction_figures(
                            [(name, int(matrix[i].sum()), float(recall[i]))
                             for i, name in enumerate(class_names)])
     (out_dir / "per_class_accuracy.md").write_text(table)
-    return {
-        "confusion_matrix": plot_confusion(matrix, class_names, out_dir / "confusion_matrix.png"),
-        "samples": plot_samples(images, predictions, targets, class_names, out_dir / "samples.png"),
-        "per_class_accuracy": out_dir / "per_class_accuracy.md",
-    }
+    plot_confusion(matrix, class_names, out_dir / "confusion_matrix.png")
+    plot_samples(images, predictions, targets, class_names, out_dir / "samples.png")
+    return {name: out_dir / name for name in
+            ("confusion_matrix.png", "samples.png", "per_class_accuracy.md")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import platform
 import time
@@ -61,6 +62,15 @@ class RunResult:
     train_images_per_second: float
     predictions: torch.Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+
+
+def write_history(epochs: list[dict[str, float]], path: Path) -> None:
+    """Writes per-epoch metrics as CSV, one row per epoch, for spreadsheets and plots."""
+    columns = sorted({key for row in epochs for key in row}, key=lambda k: (k != "epoch", k))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(epochs)
 
 
 def environment_summary() -> str:
@@ -140,8 +150,8 @@ def fit_and_test(
     trainer.fit(model, datamodule=datamodule)
     fit_seconds = time.perf_counter() - start
     best = checkpoint.best_model_path or None
-    (test_metrics,) = trainer.test(model, datamodule=datamodule, ckpt_path="best" if best else None,
-                                   verbose=False)
+    (test_metrics,) = trainer.test(model, datamodule=datamodule,
+                                   ckpt_path="best" if best else None, verbose=False)
     metrics = {k: float(v) for k, v in test_metrics.items()}
     metrics["val/acc_best"] = float(checkpoint.best_model_score or float("nan"))
     model.log_hparams_with_metrics({"hp/val_acc": metrics["val/acc_best"],
@@ -151,6 +161,7 @@ def fit_and_test(
     if predict:
         batches = trainer.predict(model, datamodule=datamodule, ckpt_path=None)
         predictions = torch.cat(batches).cpu()  # type: ignore[arg-type]
+    write_history(history.epochs, run_dir / "history.csv")
     logger.finalize("success")
     log.info("Run written to %s", run_dir)
     return RunResult(

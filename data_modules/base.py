@@ -134,11 +134,14 @@ class TensorImageDataModule(L.LightningDataModule):
         train_idx, val_idx = split_indices(n_train, self.val_size, self.split_seed)
         train_idx = train_idx[: self.train_subset]
         val_idx = val_idx[: self.val_subset]
-        self.train_set = IndexedBatches(arrays.train_images[train_idx], arrays.train_labels[train_idx])
-        self.val_set = IndexedBatches(arrays.train_images[val_idx], arrays.train_labels[val_idx])
+        images, labels = arrays.train_images, arrays.train_labels
+        self.train_set = IndexedBatches(images[train_idx], labels[train_idx])
+        self.val_set = IndexedBatches(images[val_idx], labels[val_idx])
         self.test_set = IndexedBatches(arrays.test_images, arrays.test_labels)
 
-    def _loader(self, dataset: IndexedBatches | None, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(
+        self, dataset: IndexedBatches | None, batch_size: int, shuffle: bool
+    ) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
         sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)

@@ -217,7 +217,8 @@ class MNISTDataModule(TensorImageDataModule):
             kind = "images" if "images" in stem else "labels"
             tensors[stem] = parse_idx(read_file_bytes(path), path, kind)
         for split in ("train", "t10k"):
-            images, labels = tensors[f"{split}-images-idx3-ubyte"], tensors[f"{split}-labels-idx1-ubyte"]
+            images = tensors[f"{split}-images-idx3-ubyte"]
+            labels = tensors[f"{split}-labels-idx1-ubyte"]
             if len(images) != len(labels):
                 raise DataFileError(
                     f"{self.find_file(f'{split}-images-idx3-ubyte')} holds {len(images)} images "

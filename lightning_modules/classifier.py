@@ -103,7 +103,9 @@ class ImageClassifier(L.LightningModule):
         # Keyed "train_acc", "val_loss", ...: a ModuleDict may not use the key "train".
         self.epoch_metrics = nn.ModuleDict()
         for stage in STAGES:
-            self.epoch_metrics[f"{stage}_acc"] = MulticlassAccuracy(self.num_classes, average="micro")
+            self.epoch_metrics[f"{stage}_acc"] = MulticlassAccuracy(
+                self.num_classes, average="micro"
+            )
             self.epoch_metrics[f"{stage}_loss"] = MeanMetric()
         self.val_acc_best = MaxMetric()
 
@@ -183,7 +185,8 @@ class ImageClassifier(L.LightningModule):
             optimizer, max_lr=hp["lr"], total_steps=total_steps, pct_start=warmup,
             anneal_strategy="linear" if linear else "cos", cycle_momentum=not linear,
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        schedule = {"scheduler": scheduler, "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     def log_hparams_with_metrics(self, metrics: dict[str, float]) -> None:
         """Writes the hyperparameters with final metrics, for TensorBoard's HPARAMS tab."""
