@@ -175,17 +175,19 @@ def plan_budget(images_per_s: float, budget_s: float, train_images: int, batch_s
     return 1, max(4 * batch_size, int(images // batch_size) * batch_size)
 
 
-def budget_run(config: Assignment1Config, budget_minutes: float, calibration_batches: int = 4,
+def budget_run(config: Assignment1Config, budget_minutes: float, calibration_images: int = 1024,
                command: str | None = None) -> dict[str, Any]:
     """Trains ``config``'s network for about ``budget_minutes``, then tests it.
 
-    The speed is measured first with a few plain training steps; the run then gets as many
+    The speed is measured first with plain training steps over about ``calibration_images``
+    images (at least four batches, after one untimed batch); the run then gets as many
     epochs (or, below one epoch, training images) as fit the budget at that speed. The
     run's hand-in outputs are written as by ``train_and_test``.
 
     Returns:
         The plan, measured speed, fit time and test metrics.
     """
+    calibration_batches = max(4, -(-calibration_images // config.batch_size))
     datamodule = build_datamodule(dataclasses.replace(
         config, train_subset=(calibration_batches + 1) * config.batch_size))
     datamodule.prepare_data()
