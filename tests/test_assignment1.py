@@ -143,3 +143,23 @@ def test_script_reports_missing_data_without_a_traceback(
 
     assert code == 2
     assert "CIFAR-10 folder" in capsys.readouterr().err
+
+
+def test_benchmark_throughput_counts_images_after_warmup() -> None:
+    from assignments.assignment1_benchmark import images_per_second
+
+    ends = [(10.0, 256), (11.0, 256), (13.0, 256), (15.0, 128)]
+
+    # Batches 2 to 4 (640 images) run from the end of the warm-up batch (10 s) to 15 s.
+    assert images_per_second(ends, warmup=1) == pytest.approx(640 / 5.0)
+    with pytest.raises(ValueError, match="warmup"):
+        images_per_second(ends, warmup=4)
+
+
+@pytest.mark.parametrize("speed,expected", [
+    (50.0, (1, 29_952)), (300.0, (4, None)), (0.1, (1, 1_024))],
+    ids=["part-of-an-epoch", "whole-epochs", "at-least-four-batches"])
+def test_benchmark_budget_plan_fits_the_measured_speed(speed: float, expected: tuple) -> None:
+    from assignments.assignment1_benchmark import plan_budget
+
+    assert plan_budget(speed, 600, 45_000, 256, overhead=0.0) == expected
