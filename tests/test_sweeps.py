@@ -255,6 +255,7 @@ class InterruptAfterFirstTrial(TuneCallback):
             os.kill(os.getpid(), signal.SIGUSR1)
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_resumes_without_redoing_finished_trials(
         local_ray, mnist_dir, tmp_path):
     settings = tiny_settings(tmp_path, mnist_dir, samples=2, cpus_per_trial=2,
