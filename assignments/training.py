@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import platform
@@ -76,13 +77,11 @@ def write_history(epochs: list[dict[str, float]], path: Path) -> None:
 def environment_summary() -> str:
     """One line naming the machine and the versions that produced a figure."""
     cpu = platform.processor() or platform.machine()
-    try:
+    with contextlib.suppress(OSError):  # No /proc/cpuinfo off Linux.
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    except OSError:
-        pass
     device = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
               else f"{cpu}, {torch.get_num_threads()} threads")
     return (f"{device}; Python {platform.python_version()}, torch {torch.__version__}, "

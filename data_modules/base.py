@@ -7,6 +7,7 @@ standardised floats there, on whole batches, where training-time augmentation al
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +54,7 @@ def split_indices(n: int, val_size: int, seed: int) -> tuple[Tensor, Tensor]:
     return order[val_size:].sort().values, order[:val_size].sort().values
 
 
-class TensorImageDataModule(L.LightningDataModule):
+class TensorImageDataModule(L.LightningDataModule, abc.ABC):
     """Base class for the in-memory image data modules.
 
     Subclasses set ``mean``, ``std``, ``classes`` and ``image_shape`` and implement
@@ -117,9 +118,9 @@ class TensorImageDataModule(L.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @abc.abstractmethod
     def load_arrays(self) -> ImageArrays:
         """Reads and validates the dataset files; called once per process by ``setup``."""
-        raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
         if self._arrays is None:
