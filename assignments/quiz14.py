@@ -173,6 +173,7 @@ def compare_activations(config: Quiz14Config, out_dir: Path) -> dict[str, RunRes
     (out_dir / "comparison.md").write_text(
         table + f"\nMachine and versions: {environment_summary()}.\n"
         f"Settings: optimizer {config.optimizer}, lr {config.lr}, momentum {config.momentum}, "
+        f"init {config.init}, "
         f"batch {config.batch_size}, precision {config.precision}, channels-last "
         f"{config.channels_last}, {config.epochs} epochs, seed {config.seed}, "
         f"{config.jobs} run(s) side by side.\n"
