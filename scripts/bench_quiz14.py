@@ -83,12 +83,14 @@ def compare(config: Quiz14Config, dm: MNISTDataModule, batches: int, rounds: int
     for _ in range(rounds):
         plain.append(plain_rate(config, dm, batches))
         lightning.append(lightning_rate(config, dm, batches))
-    ratio = statistics.median(lightning) / statistics.median(plain)
+    # Each round's two measurements are seconds apart, so their ratio cancels slow changes in
+    # the machine's load that would skew a ratio of medians.
+    ratio = statistics.median(li / pl for li, pl in zip(lightning, plain, strict=True))
     print(f"plain PyTorch loop : {statistics.median(plain):7.1f} images/s "
           f"(rounds: {', '.join(f'{r:.0f}' for r in plain)})")
     print(f"Lightning pipeline : {statistics.median(lightning):7.1f} images/s "
           f"(rounds: {', '.join(f'{r:.0f}' for r in lightning)})")
-    print(f"ratio Lightning / plain: {ratio:.3f}")
+    print(f"ratio Lightning / plain (median over rounds): {ratio:.3f}")
 
 
 def variants(config: Quiz14Config, dm: MNISTDataModule, batches: int, rounds: int) -> None:
@@ -100,13 +102,16 @@ def variants(config: Quiz14Config, dm: MNISTDataModule, batches: int, rounds: in
         "bf16 autocast channels-last fused": {"channels_last": True, "fused": True,
                                               "precision": "bf16-mixed"},
     }
-    base = None
+    configs = {name: Quiz14Config(**{**vars(config), **changes})
+               for name, changes in settings.items()}
+    rates: dict[str, list[float]] = {name: [] for name in settings}
+    for _ in range(rounds):
+        for name, cfg in configs.items():
+            rates[name].append(plain_rate(cfg, dm, batches))
     print(f"\n{'setting':36s} {'images/s':>9s} {'vs fp32':>8s}")
-    for name, changes in settings.items():
-        cfg = Quiz14Config(**{**vars(config), **changes})
-        rate = statistics.median(plain_rate(cfg, dm, batches) for _ in range(rounds))
-        base = base or rate
-        print(f"{name:36s} {rate:9.1f} {rate / base:7.2f}x")
+    for name, values in rates.items():
+        speedup = statistics.median(v / f for v, f in zip(values, rates["fp32"], strict=True))
+        print(f"{name:36s} {statistics.median(values):9.1f} {speedup:7.2f}x")
 
 
 def main(argv: list[str] | None = None) -> None:

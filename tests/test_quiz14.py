@@ -145,4 +145,4 @@ def test_missing_data_is_a_clear_exit(tmp_path, capsys):
 
 def test_benchmark_smoke(mnist_dir, capsys):
     bench_quiz14.main(["--smoke", "--data-dir", str(mnist_dir)])
-    assert "ratio Lightning / plain:" in capsys.readouterr().out
+    assert "ratio Lightning / plain (median over rounds):" in capsys.readouterr().out
