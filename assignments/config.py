@@ -23,6 +23,7 @@ import yaml
 C = TypeVar("C")
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "64-true")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
 def default_data_dir() -> str:
@@ -88,10 +89,16 @@ def load_config_file(cls: type[C], path: str | Path) -> dict[str, Any]:
         raise ValueError(
             f"config file {path} has unknown keys {unknown}; valid keys are {sorted(fields)}"
         )
+    choices = {f.name: f.metadata["choices"] for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+               if "choices" in f.metadata}
     try:
-        return {name: _coerce(cls, name, value) for name, value in data.items()}
+        values = {name: _coerce(cls, name, value) for name, value in data.items()}
+        for name, value in values.items():
+            if name in choices and value not in choices[name]:
+                raise ValueError(f"{name} must be one of {list(choices[name])}, got {value!r}")
     except ValueError as err:
         raise ValueError(f"config file {path}: {err}") from err
+    return values
 
 
 def build_parser(cls: type, description: str) -> argparse.ArgumentParser:

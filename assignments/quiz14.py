@@ -19,7 +19,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from assignments.config import PRECISIONS, default_data_dir, save_config
+from assignments.config import ACCELERATORS, PRECISIONS, default_data_dir, save_config
 from assignments.config import option as _option
 from assignments.reporting import markdown_table, plot_curves, write_prediction_figures
 from assignments.training import RunResult, environment_summary, fit_and_test
@@ -54,7 +54,7 @@ class Quiz14Config:
     data_dir: str = _option(default_data_dir(), "MNIST folder (default: $DATA_DIR or ./data)")
     download: bool = _option(True, "download missing MNIST files from the official mirrors")
     num_workers: int = _option(0, "data loader worker processes")
-    accelerator: str = _option("auto", "cpu, gpu or auto (a GPU when there is one)")
+    accelerator: str = _option("auto", "auto picks a GPU when there is one", ACCELERATORS)
     precision: str = _option("32-true", "numeric precision", PRECISIONS)
     channels_last: bool = _option(True, "channels-last memory format for convolutions")
     fused: bool = _option(False, "fused optimizer kernel")
@@ -71,8 +71,18 @@ class Quiz14Config:
         for name in ("epochs", "batch_size", "jobs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 < self.lr < float("inf"):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        for name in ("momentum", "weight_decay"):
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if self.train_subset is not None and self.train_subset < 1:
+            raise ValueError(f"train_subset must be at least 1, got {self.train_subset}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be 0 or more, got {self.num_workers}")
+        for name in ("conv_channels", "dense_units"):
+            if any(width < 1 for width in getattr(self, name)):
+                raise ValueError(f"{name} must all be at least 1, got {getattr(self, name)}")
         unknown = [a for a in self.compare if a not in ACTIVATIONS]
         if unknown:
             raise ValueError(f"unknown activations {unknown}; choose from {sorted(ACTIVATIONS)}")

@@ -125,6 +125,9 @@ def fit_and_test(
         The run's folder, best checkpoint, test and best validation metrics, per-epoch
         history, fit time and training throughput.
     """
+    # Bad or missing data fails here, before a run folder is made for it.
+    datamodule.prepare_data()
+    datamodule.setup("fit")
     logger = TensorBoardLogger(save_dir=str(Path(runs_dir).resolve()), name=name,
                                default_hp_metric=False)
     run_dir = Path(logger.log_dir)

@@ -180,6 +180,11 @@ class MNISTDataModule(TensorImageDataModule):
 
     def prepare_data(self) -> None:
         """Downloads missing files once, under a file lock shared by all local processes."""
+        if Path(self.data_dir).exists() and not Path(self.data_dir).is_dir():
+            raise DatasetNotFoundError(
+                f"the data directory {Path(self.data_dir).resolve()} is a file, not a folder; "
+                "pass the folder that holds (or should receive) the MNIST files"
+            )
         if not self.missing_files():
             return
         if not self.download:

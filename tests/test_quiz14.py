@@ -146,3 +146,38 @@ def test_missing_data_is_a_clear_exit(tmp_path, capsys):
 def test_benchmark_smoke(mnist_dir, capsys):
     bench_quiz14.main(["--smoke", "--data-dir", str(mnist_dir)])
     assert "ratio Lightning / plain (median over rounds):" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--lr", "nan"], "lr must be a positive number"),
+     (["--weight-decay", "-1"], "weight_decay must be 0 or more"),
+     (["--train-subset", "0"], "train_subset must be at least 1"),
+     (["--conv-channels", "6", "0"], "conv_channels must all be at least 1"),
+     (["--accelerator", "tpu"], "invalid choice: 'tpu'")],
+    ids=["lr-nan", "weight-decay", "train-subset", "conv-width", "accelerator"],
+)
+def test_out_of_range_values_are_usage_errors(capsys, args, message):
+    with pytest.raises(SystemExit) as excinfo:
+        parse_config(Quiz14Config, "quiz14", args)
+    assert excinfo.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_config_file_values_must_be_among_the_choices(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text("activation: bogus\n")
+    with pytest.raises(SystemExit):
+        parse_config(Quiz14Config, "quiz14", ["--config", str(path)])
+    assert "activation must be one of" in capsys.readouterr().err
+
+
+def test_a_data_directory_that_is_a_file_is_a_clear_exit(tmp_path, capsys):
+    not_a_folder = tmp_path / "data"
+    not_a_folder.write_text("")
+    code = quiz14.main(["--smoke", "--data-dir", str(not_a_folder), "--runs-dir",
+                        str(tmp_path / "runs")])
+
+    assert code == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
