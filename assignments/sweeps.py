@@ -188,6 +188,11 @@ class SweepSettings:
         self.data_dir = str(Path(self.data_dir).expanduser().resolve())
         if self.name is None:
             self.name = f"{self.assignment}-{self.preset}-{datetime.now():%Y%m%d-%H%M%S}"
+        if self.name in ("", ".", "..") or Path(self.name).name != self.name:
+            raise SweepError(
+                f"--name {self.name!r} must be a plain folder name inside --runs-dir, "
+                "without '/' or '..'"
+            )
         if self.samples is None:
             self.samples = 1 if self.searcher == "grid" else 20
 

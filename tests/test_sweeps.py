@@ -317,3 +317,9 @@ def test_sweep_through_address_joins_a_running_head(mnist_dir, tmp_path):
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".."])
+def test_a_sweep_name_cannot_leave_the_runs_dir(name, tmp_path):
+    with pytest.raises(SweepError, match="plain folder name"):
+        SweepSettings(name=name, runs_dir=str(tmp_path))
