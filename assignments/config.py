@@ -89,8 +89,8 @@ def load_config_file(cls: type[C], path: str | Path) -> dict[str, Any]:
         raise ValueError(
             f"config file {path} has unknown keys {unknown}; valid keys are {sorted(fields)}"
         )
-    choices = {f.name: f.metadata["choices"] for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-               if "choices" in f.metadata}
+    all_fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    choices = {f.name: f.metadata["choices"] for f in all_fields if "choices" in f.metadata}
     try:
         values = {name: _coerce(cls, name, value) for name, value in data.items()}
         for name, value in values.items():

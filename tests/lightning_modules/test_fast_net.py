@@ -84,7 +84,8 @@ def test_linear_schedule_warms_up_then_decays_with_fixed_momentum() -> None:
     model = ImageClassifier(network={"name": "fast", "widths": (8,), "stem_channels": 4},
                             lr=0.4, momentum=0.9, nesterov=True, lr_schedule="linear",
                             warmup_fraction=0.25)
-    model._trainer = type("FakeTrainer", (), {"estimated_stepping_batches": 100})()  # type: ignore[assignment]
+    fake_trainer = type("FakeTrainer", (), {"estimated_stepping_batches": 100})()
+    model._trainer = fake_trainer  # type: ignore[assignment]
     config = model.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
 
