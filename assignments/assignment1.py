@@ -92,7 +92,7 @@ class Assignment1Config:
     train_subset: int | None = option(None, "train on only this many images (none: all)")
     val_subset: int | None = option(None, "validate on only this many images (none: all)")
     data_dir: str = option(default_data_dir(),
-                           "folder holding cifar-10-batches-py (default: $DATA_DIR or ./data)")
+                           "folder holding cifar-10-batches-py: $DATA_DIR when set, else ./data")
     download: bool = option(True, "download CIFAR-10 from the official address if missing")
     num_workers: int = option(0, "data loader worker processes")
     accelerator: str = option("auto", "cpu, gpu or auto (a GPU when there is one)")

@@ -130,7 +130,9 @@ def build_parser(cls: type, description: str) -> argparse.ArgumentParser:
             parser.add_argument(flag, type=lambda s, k=kind: None if s == "none" else k(s),
                                 metavar=kind.__name__.upper(), **options)
         else:
-            parser.add_argument(flag, type=kind, metavar=kind.__name__.upper(), **options)
+            # With choices, argparse's default metavar lists them: {sigmoid,relu,...}.
+            metavar = None if "choices" in options else kind.__name__.upper()
+            parser.add_argument(flag, type=kind, metavar=metavar, **options)
     return parser
 
 

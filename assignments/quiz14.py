@@ -51,7 +51,7 @@ class Quiz14Config:
     seed: int = _option(0, "seed of weights, shuffling and everything random")
     split_seed: int = _option(0, "seed of the 55,000 / 5,000 train/validation split")
     train_subset: int | None = _option(None, "train on only this many images (none: all)")
-    data_dir: str = _option(default_data_dir(), "MNIST folder (default: $DATA_DIR or ./data)")
+    data_dir: str = _option(default_data_dir(), "MNIST folder: $DATA_DIR when set, else ./data")
     download: bool = _option(True, "download missing MNIST files from the official mirrors")
     num_workers: int = _option(0, "data loader worker processes")
     accelerator: str = _option("auto", "auto picks a GPU when there is one", ACCELERATORS)
@@ -63,7 +63,8 @@ class Quiz14Config:
     name: str = _option("quiz14", "sub-folder of runs_dir for these runs")
     compare: tuple[str, ...] = _option(
         (), "train each of these activations under the same budget and compare them")
-    report_dir: str | None = _option(None, "where the comparison figures go (default: runs)")
+    report_dir: str | None = _option(
+        None, "where the comparison figures go; unset: runs_dir/name/compare")
     jobs: int = _option(1, "compared runs trained side by side, each on cores / jobs threads")
     smoke: bool = _option(False, "a few batches of everything, to test the pipeline")
 
