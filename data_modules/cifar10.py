@@ -19,7 +19,13 @@ from torch import Tensor
 
 from data_modules.augment import RandomCropFlip
 from data_modules.base import ImageArrays, TensorImageDataModule
-from data_modules.download import DownloadFailed, download_file, download_lock, md5sum
+from data_modules.download import (
+    DownloadFailed,
+    describe_attempts,
+    download_file,
+    download_lock,
+    md5sum,
+)
 from data_modules.errors import DataFileError, DatasetNotFoundError
 
 log = logging.getLogger(__name__)
@@ -368,9 +374,7 @@ class CIFAR10DataModule(TensorImageDataModule):
             log.info("Extracted %s into %s", self.archive, self.folder)
 
     def _raise_missing(self, attempts: list[tuple[str, str]]) -> None:
-        tried = "".join(f"\n  {url}: {reason}" for url, reason in attempts)
-        how = (f"Tried:{tried}" if attempts
-               else "Downloading is off (download=False, or --no-download).")
+        how = describe_attempts(attempts)
         raise DatasetNotFoundError(
             f"CIFAR-10 folder {self.folder.resolve()} not found. {how}\nTo install it by "
             f"hand, download {ARCHIVE_NAME} (md5 {self.md5}) from {', '.join(self.mirrors)} "

@@ -37,6 +37,13 @@ class DownloadFailed(RuntimeError):
         super().__init__(f"could not download {filename}: {tried}")
 
 
+def describe_attempts(attempts: Sequence[tuple[str, str]]) -> str:
+    """One line per failed download attempt, or why nothing was tried, for error messages."""
+    if not attempts:
+        return "Downloading is off (download=False, or --no-download)."
+    return "Tried:" + "".join(f"\n  {url}: {reason}" for url, reason in attempts)
+
+
 def md5sum(path: Path) -> str:
     """Returns the hex md5 digest of a file, read in chunks."""
     digest = hashlib.md5()

@@ -12,7 +12,12 @@ import torch
 from torch import Tensor
 
 from data_modules.base import ImageArrays, TensorImageDataModule
-from data_modules.download import DownloadFailed, download_file, download_lock
+from data_modules.download import (
+    DownloadFailed,
+    describe_attempts,
+    download_file,
+    download_lock,
+)
 from data_modules.errors import DataFileError, DatasetNotFoundError
 
 log = logging.getLogger(__name__)
@@ -201,9 +206,7 @@ class MNISTDataModule(TensorImageDataModule):
                 self._raise_missing(self.missing_files(), attempts)
 
     def _raise_missing(self, stems: list[str], attempts: list[tuple[str, str]]) -> None:
-        tried = "".join(f"\n  {url}: {reason}" for url, reason in attempts)
-        how = (f"Tried:{tried}" if attempts
-               else "Downloading is off (download=False, or --no-download).")
+        how = describe_attempts(attempts)
         raise DatasetNotFoundError(
             f"MNIST files missing from {Path(self.data_dir).resolve()}: {', '.join(stems)}. "
             f"{how}\nTo install them by hand, copy {', '.join(s + '.gz' for s in stems)} from "
