@@ -67,6 +67,7 @@ class Assignment1Config:
     activation: str | None = option(None, "activation (fast: gelu, convnet: relu)", ACTIVATIONS)
     conv_channels: tuple[int, ...] = option((6, 32, 64, 16), "convnet: filters of each conv")
     dense_units: tuple[int, ...] = option((256, 64), "convnet: units of each hidden dense layer")
+    pool: bool = option(False, "convnet: 2 x 2 max pooling after each convolution")
     init: str = option("default", "convnet: weight initialisation", INITS)
     widths: tuple[int, ...] = option((64, 256, 256), "fast: channels of each pooled block")
     stem_channels: int = option(24, "fast: channels of the stem convolution")
@@ -161,7 +162,7 @@ def network_spec(config: Assignment1Config) -> dict[str, Any]:
     shape = CIFAR10DataModule.image_shape
     if config.network == "convnet":
         return {"name": "convnet", "in_shape": shape, "conv_channels": config.conv_channels,
-                "dense_units": config.dense_units, "num_classes": 10,
+                "dense_units": config.dense_units, "pool": config.pool, "num_classes": 10,
                 "activation": config.activation, "init": config.init}
     return {"name": "fast", "in_shape": shape, "num_classes": 10,
             "stem_channels": config.stem_channels, "widths": config.widths,

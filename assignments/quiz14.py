@@ -40,6 +40,7 @@ class Quiz14Config:
     activation: str = _option("sigmoid", "activation after every hidden layer", ACTIVATIONS)
     conv_channels: tuple[int, ...] = _option(CONV_CHANNELS, "filters of each convolution")
     dense_units: tuple[int, ...] = _option(DENSE_UNITS, "units of each hidden dense layer")
+    pool: bool = _option(False, "2 x 2 max pooling after each convolution")
     init: str = _option("default", "weight initialisation (glorot is Keras's)", INITS)
     loss: str = _option("cross_entropy", "training loss", LOSSES)
     optimizer: str = _option("adam", "optimizer", OPTIMIZERS)
@@ -109,6 +110,7 @@ def build_model(config: Quiz14Config) -> ImageClassifier:
         "in_shape": MNISTDataModule.image_shape,
         "conv_channels": config.conv_channels,
         "dense_units": config.dense_units,
+        "pool": config.pool,
         "num_classes": 10,
         "activation": config.activation,
         "init": config.init,

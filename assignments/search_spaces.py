@@ -180,16 +180,19 @@ QUIZ14_PRESETS: dict[str, SearchSpace] = {
         SearchSpace(
             name="quick",
             description=(
-                "A small network (convolutions of 8 and 16 filters, one dense layer of 64) "
-                "with two activations, two optimizers and the learning rate: a sweep that "
-                "finishes in minutes on a laptop; its grid has 8 points."
+                "A small pooled network (convolutions of 16 and 32 filters, each followed by "
+                "2 x 2 max pooling, one dense layer of 128) with two activations, two "
+                "optimizers and the learning rate: an epoch of the full split takes about half "
+                "a minute on one CPU core and good points reach about 0.987 in five; its grid "
+                "has 8 points."
             ),
             params={
                 "activation": Choice(("relu", "tanh")),
                 "optimizer": Choice(("sgd", "adam")),
                 "lr": LogUniform(1e-3, 1e-1, grid=(3e-3, 3e-2)),
             },
-            fixed={"conv_channels": (8, 16), "dense_units": (64,), "momentum": 0.9},
+            fixed={"conv_channels": (16, 32), "pool": True, "dense_units": (128,),
+                   "momentum": 0.9},
         ),
     )
 }

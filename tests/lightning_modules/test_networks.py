@@ -61,6 +61,18 @@ def test_cifar_shaped_input_derives_channels_and_flatten_size():
     assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
+def test_pooling_follows_each_convolution_and_halves_the_image():
+    net = ConvNet(conv_channels=(16, 32), dense_units=(128,), activation="relu", pool=True)
+    names = [name for name, _ in net.named_children()]
+    assert names[:6] == ["conv1", "act_conv1", "pool1", "conv2", "act_conv2", "pool2"]
+    # 28 -> conv 26 -> pool 13 -> conv 11 -> pool 5 (rounded down)
+    assert net.fc1.in_features == 32 * 5 * 5
+    expected = (1 * 16 * 9 + 16) + (16 * 32 * 9 + 32) + (800 * 128 + 128) + (128 * 10 + 10)
+    assert sum(p.numel() for p in net.parameters()) == expected
+    assert net(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    assert not any(isinstance(m, nn.MaxPool2d) for m in ConvNet())
+
+
 def test_glorot_init_zeroes_biases_and_bounds_weights():
     net = ConvNet(init="glorot")
     for layer in net:
@@ -77,8 +89,9 @@ def test_glorot_init_zeroes_biases_and_bounds_weights():
         ({"activation": "swish2"}, "unknown activation 'swish2'"),
         ({"init": "he"}, "unknown init 'he'"),
         ({"conv_channels": (8,) * 14}, "do not fit a 28x28 input"),
+        ({"conv_channels": (8,) * 4, "pool": True}, "with pooling do not fit a 28x28 input"),
     ],
-    ids=["activation", "init", "too-deep"],
+    ids=["activation", "init", "too-deep", "too-deep-pooled"],
 )
 def test_bad_network_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
