@@ -45,7 +45,7 @@ class EpochHistory(Callback):
         self.train_images += len(batch[1])
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        row = {"epoch": float(trainer.current_epoch + 1)}
+        row: dict[str, float] = {"epoch": trainer.current_epoch + 1}  # an int in the CSV
         row.update({k: float(v) for k, v in trainer.callback_metrics.items()
                     if k.startswith(("train/", "val/"))})
         self.epochs.append(row)

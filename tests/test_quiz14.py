@@ -41,6 +41,9 @@ def test_smoke_run_writes_events_checkpoint_and_figures(mnist_dir, tmp_path, cap
     assert b"hp/test_acc" in plugin["_hparams_/experiment"]
     assert b"-1" not in plugin["_hparams_/session_start_info"].split(b"hp_metric")[0][-4:]
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["activation"] == "relu"
+    header, row = (run_dir / "history.csv").read_text().splitlines()
+    assert header.split(",")[0] == "epoch" and "val/acc" in header.split(",")
+    assert row.split(",")[0] == "1"
 
 
 def test_compare_smoke_writes_the_hand_in_figure_and_table(mnist_dir, tmp_path):
@@ -110,6 +113,17 @@ def test_yaml_config_then_command_line_overrides(tmp_path):
 
     assert (config.activation, config.lr, config.conv_channels) == ("relu", 0.01, (8, 8))
     assert config.epochs == 5
+
+
+def test_pool_option_reaches_the_network(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("conv_channels: [16, 32]\ndense_units: [128]\npool: true\n")
+    config = parse_config(Quiz14Config, "quiz14", ["--config", str(path)])
+    net = build_model(config).net
+
+    assert [type(m) for m in net if isinstance(m, torch.nn.MaxPool2d)] == [torch.nn.MaxPool2d] * 2
+    assert net.fc1.in_features == 32 * 5 * 5
+    assert not parse_config(Quiz14Config, "quiz14", []).pool
 
 
 @pytest.mark.parametrize(
