@@ -123,8 +123,9 @@ class ImageClassifier(L.LightningModule):
             self.hparams["loss"], logits, labels, self.hparams["label_smoothing"]
         )
         mean_loss, accuracy = (self.epoch_metrics[f"{stage}_{m}"] for m in ("loss", "acc"))
-        mean_loss(loss.detach(), weight=len(labels))
-        accuracy(logits.detach(), labels)
+        # update(), not forward(): only epoch values are logged, so no per-batch value is due.
+        mean_loss.update(loss.detach(), weight=len(labels))
+        accuracy.update(logits.detach(), labels)
         self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
         return loss
