@@ -57,13 +57,28 @@ def md5sum(path: Path) -> str:
 def download_lock(directory: Path, timeout: float = 3600.0) -> Iterator[None]:
     """Holds an inter-process lock on ``directory`` so parallel processes download once.
 
+    The lock file lives in the system's temporary folder, named after the resolved
+    ``directory``, so the data folder only ever receives verified files. Folders this call
+    creates are removed again on the way out while still empty, so a failed download leaves
+    the disk as it found it. The lock is per machine; downloads stay safe without it, since
+    each file arrives by an atomic rename.
+
     Args:
         directory: The folder that downloads are written to; it is created if missing.
         timeout: Seconds to wait for another process that holds the lock.
     """
+    directory = directory.resolve()
+    created = [folder for folder in (directory, *directory.parents) if not folder.exists()]
     directory.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(directory / ".download.lock"), timeout=timeout):
-        yield
+    key = hashlib.sha256(str(directory).encode()).hexdigest()[:16]
+    lock = Path(tempfile.gettempdir()) / f"lightning-course-download-{key}.lock"
+    try:
+        with FileLock(str(lock), timeout=timeout):
+            yield
+    finally:
+        for folder in created:  # deepest first; rmdir refuses folders that hold anything
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def _fetch(url: str, destination: Path, md5: str, timeout: float, progress: bool) -> None:

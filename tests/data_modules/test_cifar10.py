@@ -85,9 +85,9 @@ def write_fake_cifar(root: Path, style: str = "py2", n: int = PER_BATCH) -> Path
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` and its content (the download lock file excepted)."""
+    """Every file under ``root`` and its content."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != ".download.lock"}
+            if p.is_file()}
 
 
 def fake_module(root: Path, **kwargs: object) -> CIFAR10DataModule:
@@ -248,7 +248,7 @@ def test_one_kilobyte_archive_with_matching_md5_fails_extraction_cleanly(tmp_pat
                     ).prepare_data()
 
     assert snapshot(root) == before
-    assert [p.name for p in root.iterdir() if p.name != ".download.lock"] == [archive.name]
+    assert [p.name for p in root.iterdir()] == [archive.name]
 
 
 def _unsafe_tar(path: Path, kind: str) -> None:
@@ -294,7 +294,7 @@ def test_unsafe_archive_members_are_refused_before_writing(tmp_path: Path, kind:
 
     assert snapshot(tmp_path) == before
     assert not (tmp_path / "escaped.txt").exists()
-    assert sorted(p.name for p in root.iterdir()) == [".download.lock", archive.name]
+    assert sorted(p.name for p in root.iterdir()) == [archive.name]
 
 
 def test_archive_with_damaged_batch_is_not_installed(tmp_path: Path) -> None:
@@ -359,8 +359,7 @@ def test_download_from_local_mirror_extracts_and_loads(
     datamodule.prepare_data()
     datamodule.setup()
 
-    assert sorted(p.name for p in root.iterdir()) == [
-        ".download.lock", FOLDER_NAME, "cifar-10-python.tar.gz"]
+    assert sorted(p.name for p in root.iterdir()) == [FOLDER_NAME, "cifar-10-python.tar.gz"]
     assert len(datamodule.train_set) == 5 * PER_BATCH - 10
     assert torch.equal(datamodule.test_set.images,
                        torch.from_numpy(fake_images(PER_BATCH, 5)).view(-1, 3, 32, 32))
@@ -382,7 +381,7 @@ def test_mirror_serving_one_kilobyte_fails_with_every_attempt_listed(
     message = str(info.value)
     assert "missing.tar.gz: HTTP 404" in message and "md5 mismatch" in message
     assert "To install it by hand" in message
-    assert [p.name for p in root.iterdir()] == [".download.lock"]
+    assert not root.exists()  # the folder made for the download is removed again
 
 
 # Augmentation

@@ -234,8 +234,7 @@ def test_download_verifies_md5_and_loads(tmp_path, mirror):
     dm.setup()
 
     raw = tmp_path / "MNIST" / "raw"
-    assert sorted(p.name for p in raw.iterdir() if not p.name.startswith(".")) == sorted(
-        f"{s}.gz" for s in STEMS)
+    assert sorted(p.name for p in raw.iterdir()) == sorted(f"{s}.gz" for s in STEMS)
     assert len(dm.test_set) == 20
     assert not list(raw.glob("*.part"))
 
@@ -272,9 +271,9 @@ def test_damaged_download_leaves_no_file_under_the_final_name(tmp_path, mirror, 
     assert reason in str(excinfo.value)
 
 
-def test_unreachable_mirrors_are_all_reported(tmp_path):
-    dm = MNISTDataModule(data_dir=str(tmp_path), mirrors=["http://127.0.0.1:9/x/",
-                                                          "http://127.0.0.1:9/y/"])
+def test_unreachable_mirrors_are_all_reported_and_nothing_is_left_behind(tmp_path):
+    dm = MNISTDataModule(data_dir=str(tmp_path / "data"),
+                         mirrors=["http://127.0.0.1:9/x/", "http://127.0.0.1:9/y/"])
     with pytest.raises(DatasetNotFoundError) as excinfo:
         dm.prepare_data()
 
@@ -282,6 +281,8 @@ def test_unreachable_mirrors_are_all_reported(tmp_path):
     for stem in STEMS:
         assert f"http://127.0.0.1:9/x/{stem}.gz" in message
         assert f"http://127.0.0.1:9/y/{stem}.gz" in message
+    # The folders made for the download are gone again, lock file included.
+    assert list(tmp_path.iterdir()) == []
 
 
 def _prepare(data_dir: str, url: str, md5s: dict[str, str]) -> None:
