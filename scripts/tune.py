@@ -92,19 +92,24 @@ def build_parser() -> argparse.ArgumentParser:
     add("--dry-run", action="store_true",
         help="print the points the searcher would try first, then exit without training")
     add("--smoke", action="store_true",
-        help="2 trials of 2 epochs of a few batches on a subset: checks the pipeline")
+        help="2 trials of 2 epochs of a few batches on a subset: checks the pipeline; "
+             "options given on the command line keep their values")
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> SweepSettings:
-    """The sweep settings of parsed command-line options (smoke mode shrinks them)."""
+    """The sweep settings of parsed command-line options.
+
+    Smoke mode shrinks the options left at their defaults; an option set on the command line
+    to anything but its default keeps its value.
+    """
     values = {k: v for k, v in vars(args).items()
               if k not in ("resume", "retrain", "retrain_only", "dry_run")}
     if args.smoke:
+        parser = build_parser()
         for key, value in SMOKE.items():
-            if key in ("samples", "train_subset", "val_subset") and values.get(key) is not None:
-                continue
-            values[key] = value
+            if values[key] == parser.get_default(key):
+                values[key] = value
     if args.resume and not args.name:
         raise SweepError("--resume needs the --name of the sweep to continue")
     return SweepSettings(**values)

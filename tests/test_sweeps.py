@@ -119,6 +119,17 @@ def test_relative_paths_become_absolute(tmp_path, monkeypatch):
     assert settings.sweep_dir == tmp_path / "runs" / "sweeps" / "rel"
 
 
+def test_smoke_mode_shrinks_only_the_options_left_at_their_defaults():
+    parser = tune_script.build_parser()
+    plain = tune_script.settings_from_args(parser.parse_args(["--smoke"]))
+    chosen = tune_script.settings_from_args(parser.parse_args(
+        ["--smoke", "--max-epochs", "3", "--grace-period", "2", "--samples", "4"]))
+
+    assert (plain.samples, plain.max_epochs, plain.grace_period) == (2, 2, 1)
+    assert (chosen.samples, chosen.max_epochs, chosen.grace_period) == (4, 3, 2)
+    assert chosen.train_subset == plain.train_subset == tune_script.SMOKE["train_subset"]
+
+
 def test_an_existing_sweep_name_is_a_clear_error(tmp_path):
     (tmp_path / "taken").mkdir()
 
