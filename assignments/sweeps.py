@@ -648,8 +648,22 @@ def _tune_environment() -> Iterator[None]:
                 os.environ[name] = value
 
 
+def space_record(space: SearchSpace) -> dict[str, Any]:
+    """The search space as plain text, saved with a sweep to notice a preset changed since."""
+    return {"fixed": repr(dict(space.fixed)),
+            "params": {name: repr(param) for name, param in space.params.items()}}
+
+
 def save_settings(settings: SweepSettings, path: Path) -> None:
-    path.write_text(yaml.safe_dump(dataclasses.asdict(settings), sort_keys=False))
+    record = {**dataclasses.asdict(settings), "space": space_record(settings.space)}
+    path.write_text(yaml.safe_dump(record, sort_keys=False))
+
+
+def _read_sweep_yaml(sweep_dir: str | Path) -> dict[str, Any]:
+    path = Path(sweep_dir).expanduser().resolve() / "sweep.yaml"
+    if not path.is_file():
+        raise SweepError(f"{path.parent} is not a sweep folder: it has no sweep.yaml")
+    return dict(yaml.safe_load(path.read_text()))
 
 
 def load_settings(sweep_dir: str | Path) -> SweepSettings:
@@ -658,10 +672,27 @@ def load_settings(sweep_dir: str | Path) -> SweepSettings:
     Raises:
         SweepError: The folder holds no ``sweep.yaml``.
     """
-    path = Path(sweep_dir).expanduser().resolve() / "sweep.yaml"
-    if not path.is_file():
-        raise SweepError(f"{path.parent} is not a sweep folder: it has no sweep.yaml")
-    return SweepSettings(**yaml.safe_load(path.read_text()))
+    record = _read_sweep_yaml(sweep_dir)
+    record.pop("space", None)
+    return SweepSettings(**record)
+
+
+def check_same_space(settings: SweepSettings) -> None:
+    """Refuses to resume a sweep whose preset has changed since it started.
+
+    Trials rebuilt from a changed preset would train other networks than their checkpoints
+    hold. Sweeps saved without a record of their space are accepted as they are.
+
+    Raises:
+        SweepError: The preset's parameters or fixed fields differ from the saved ones.
+    """
+    saved = _read_sweep_yaml(settings.sweep_dir).get("space")
+    if saved is not None and saved != space_record(settings.space):
+        raise SweepError(
+            f"the {settings.assignment} preset {settings.preset!r} has changed since the sweep "
+            f"in {settings.sweep_dir} started (saved in its sweep.yaml: {saved}), so its "
+            "trials cannot be continued; start a new sweep with another --name"
+        )
 
 
 @dataclass
@@ -738,6 +769,7 @@ def run_sweep(settings: SweepSettings, resume: bool = False,
         address = settings.address
         settings = load_settings(sweep_dir)
         settings.address = address
+        check_same_space(settings)
         if not tune.Tuner.can_restore(str(sweep_dir)):
             raise SweepError(f"{sweep_dir} holds no sweep state to resume; start it again "
                              "without --resume")

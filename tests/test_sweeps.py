@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import math
 import os
@@ -119,15 +120,38 @@ def test_relative_paths_become_absolute(tmp_path, monkeypatch):
     assert settings.sweep_dir == tmp_path / "runs" / "sweeps" / "rel"
 
 
-def test_smoke_mode_shrinks_only_the_options_left_at_their_defaults():
+def _settings(argv: list[str]) -> SweepSettings:
     parser = tune_script.build_parser()
-    plain = tune_script.settings_from_args(parser.parse_args(["--smoke"]))
-    chosen = tune_script.settings_from_args(parser.parse_args(
-        ["--smoke", "--max-epochs", "3", "--grace-period", "2", "--samples", "4"]))
+    return tune_script.settings_from_args(parser.parse_args(argv),
+                                          tune_script.given_options(argv))
+
+
+def test_smoke_mode_shrinks_only_the_options_not_given():
+    plain = _settings(["--smoke"])
+    chosen = _settings(["--smoke", "--max-epochs", "10", "--samples", "4"])
+    graced = _settings(["--smoke", "--grace-period", "3"])
 
     assert (plain.samples, plain.max_epochs, plain.grace_period) == (2, 2, 1)
-    assert (chosen.samples, chosen.max_epochs, chosen.grace_period) == (4, 3, 2)
+    # Given at its default value, an option still keeps it.
+    assert (chosen.samples, chosen.max_epochs) == (4, 10)
     assert chosen.train_subset == plain.train_subset == tune_script.SMOKE["train_subset"]
+    assert (graced.grace_period, graced.max_epochs) == (3, 3)
+
+
+def test_resuming_after_the_preset_changed_is_refused(tmp_path, monkeypatch):
+    started = SweepSettings(runs_dir=str(tmp_path), name="old", preset="quick")
+    started.sweep_dir.mkdir(parents=True)
+    sweeps.save_settings(started, started.sweep_dir / "sweep.yaml")
+    again = SweepSettings(runs_dir=str(tmp_path), name="old")
+    # Unchanged, the check passes and the resume fails later for want of Ray's state.
+    with pytest.raises(SweepError, match="holds no sweep state"):
+        run_sweep(again, resume=True)
+
+    presets = sweeps.ASSIGNMENTS["quiz14"].presets
+    monkeypatch.setitem(presets, "quick", dataclasses.replace(
+        presets["quick"], fixed={**presets["quick"].fixed, "pool": False}))
+    with pytest.raises(SweepError, match="preset 'quick' has changed since the sweep"):
+        run_sweep(again, resume=True)
 
 
 def test_an_existing_sweep_name_is_a_clear_error(tmp_path):
@@ -246,7 +270,9 @@ def test_tiny_sweep_writes_csv_best_config_and_events(local_ray, mnist_dir, tmp_
     config = parse_config(Quiz14Config, "", ["--config", str(sweep_dir / "best.yaml")])
     best = rows[0]
     assert (config.activation, config.optimizer) == (best["activation"], best["optimizer"])
-    assert config.train_subset is None and config.conv_channels == (8, 16)
+    assert config.train_subset is None
+    # The preset's fixed fields travel into best.yaml, so retraining builds the same network.
+    assert (config.conv_channels, config.dense_units, config.pool) == ((16, 32), (128,), True)
     for row in rows:
         scalars = _event_scalars(sweep_dir / f"trial_{row['trial_id']}")
         assert len(scalars["val/acc"]) == int(row["epochs"])
@@ -297,7 +323,10 @@ def test_smoke_sweep_then_retrain_writes_the_quiz14_figures(local_ray, mnist_dir
                  "config.yaml"):
         assert (run_dir / name).is_file()
     assert "0.9877" in (tmp_path / "smoke" / "retrain.md").read_text()
-    assert "Retrained best config" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Retrained best config" in out
+    # One trial of two epochs: ASHA cannot stop a lone trial, so it spends the whole budget.
+    assert "1 trial, 2 of 2 epochs (1.00 of running every trial to the end)" in out
 
 
 def _free_port() -> int:
