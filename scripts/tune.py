@@ -22,6 +22,7 @@ import argparse
 import logging
 import sys
 import textwrap
+from collections.abc import Collection
 
 from assignments.sweeps import (
     ASSIGNMENTS,
@@ -97,19 +98,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def settings_from_args(args: argparse.Namespace) -> SweepSettings:
+def given_options(argv: list[str]) -> set[str]:
+    """The destinations of the options that ``argv`` sets explicitly."""
+    probe = build_parser()
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))
+
+
+def settings_from_args(args: argparse.Namespace,
+                       given: Collection[str] = ()) -> SweepSettings:
     """The sweep settings of parsed command-line options.
 
-    Smoke mode shrinks the options left at their defaults; an option set on the command line
-    to anything but its default keeps its value.
+    Smoke mode shrinks the options that are not in ``given``; those keep their values, and
+    its epochs grow to a given grace period.
     """
     values = {k: v for k, v in vars(args).items()
               if k not in ("resume", "retrain", "retrain_only", "dry_run")}
     if args.smoke:
-        parser = build_parser()
         for key, value in SMOKE.items():
-            if values[key] == parser.get_default(key):
+            if key not in given:
                 values[key] = value
+        if "max_epochs" not in given:
+            values["max_epochs"] = max(values["max_epochs"], values["grace_period"])
     if args.resume and not args.name:
         raise SweepError("--resume needs the --name of the sweep to continue")
     return SweepSettings(**values)
@@ -124,20 +135,24 @@ def _print_retrain(config, result) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
         if args.retrain_only:
             config, result = retrain_best(args.retrain_only, smoke=args.smoke)
             _print_retrain(config, result)
             return 0
-        settings = settings_from_args(args)
+        settings = settings_from_args(args, given_options(argv))
         if args.dry_run:
             for point in preview_points(settings, settings.trial_count):
                 print(point)
             return 0
         result = run_sweep(settings, resume=args.resume)
         print(top_table(result, settings.top))
-        print(f"{len(result.trials)} trials, {result.epochs_spent} epochs, "
+        count = len(result.trials)
+        budget = count * result.settings.max_epochs  # a resumed sweep keeps its own
+        print(f"{count} trial{'s' * (count != 1)}, {result.epochs_spent} of {budget} epochs "
+              f"({result.epochs_spent / budget:.2f} of running every trial to the end), "
               f"{result.wall_seconds:.0f} s; best val accuracy {result.best.val_acc:.4f} "
               f"(tutorial: {TUTORIAL_VAL_ACC})")
         print(f"Sweep written to {result.sweep_dir} "
