@@ -276,7 +276,12 @@ def extract_folder(archive: Path, root: Path, folder_name: str = FOLDER_NAME,
             read_cifar10_folder(extracted, expected_counts)
         except (DataFileError, DatasetNotFoundError) as err:
             raise DataFileError(f"{archive} holds a damaged dataset: {err}") from err
-        os.rename(extracted, root / folder_name)
+        try:
+            os.rename(extracted, root / folder_name)
+        except OSError:
+            # Another process (one that shares no lock with this one) installed it first.
+            if not (root / folder_name).is_dir():
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return root / folder_name
@@ -378,8 +383,8 @@ class CIFAR10DataModule(TensorImageDataModule):
         raise DatasetNotFoundError(
             f"CIFAR-10 folder {self.folder.resolve()} not found. {how}\nTo install it by "
             f"hand, download {ARCHIVE_NAME} (md5 {self.md5}) from {', '.join(self.mirrors)} "
-            f"and extract it into {Path(self.data_dir).resolve()} "
-            f"(`tar -xzf {ARCHIVE_NAME}`)."
+            f"and extract it into {Path(self.data_dir).resolve()} (creating the folder if "
+            f"needed: `tar -xzf {ARCHIVE_NAME}`)."
         )
 
     def load_arrays(self) -> ImageArrays:

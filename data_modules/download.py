@@ -58,27 +58,31 @@ def download_lock(directory: Path, timeout: float = 3600.0) -> Iterator[None]:
     """Holds an inter-process lock on ``directory`` so parallel processes download once.
 
     The lock file lives in the system's temporary folder, named after the resolved
-    ``directory``, so the data folder only ever receives verified files. Folders this call
-    creates are removed again on the way out while still empty, so a failed download leaves
-    the disk as it found it. The lock is per machine; downloads stay safe without it, since
-    each file arrives by an atomic rename.
+    ``directory``, so no lock file is left in the data folder. While the lock is held,
+    ``directory`` is created if missing, and the folders made for it are removed again on
+    the way out if they are still empty, so a failed download leaves no empty folders.
+
+    Only processes that share the temporary folder exclude each other (those of one machine,
+    as a rule). Others, on other machines of a cluster, may download the same file at once;
+    each file still arrives whole, by an atomic rename.
 
     Args:
-        directory: The folder that downloads are written to; it is created if missing.
+        directory: The folder that downloads are written to.
         timeout: Seconds to wait for another process that holds the lock.
     """
     directory = directory.resolve()
-    created = [folder for folder in (directory, *directory.parents) if not folder.exists()]
-    directory.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha256(str(directory).encode()).hexdigest()[:16]
     lock = Path(tempfile.gettempdir()) / f"lightning-course-download-{key}.lock"
-    try:
-        with FileLock(str(lock), timeout=timeout):
+    # Writable by every user, so that one user's lock never blocks another's download.
+    with FileLock(str(lock), timeout=timeout, mode=0o666):
+        created = [folder for folder in (directory, *directory.parents) if not folder.exists()]
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
             yield
-    finally:
-        for folder in created:  # deepest first; rmdir refuses folders that hold anything
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        finally:
+            for folder in created:  # deepest first; rmdir refuses folders that hold anything
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
 
 def _fetch(url: str, destination: Path, md5: str, timeout: float, progress: bool) -> None:

@@ -211,7 +211,7 @@ class MNISTDataModule(TensorImageDataModule):
             f"MNIST files missing from {Path(self.data_dir).resolve()}: {', '.join(stems)}. "
             f"{how}\nTo install them by hand, copy {', '.join(s + '.gz' for s in stems)} from "
             f"an MNIST mirror ({', '.join(self.mirrors)}) into {self.raw_dir.resolve()} or "
-            f"{Path(self.data_dir).resolve()}."
+            f"{Path(self.data_dir).resolve()} (creating the folder if needed)."
         )
 
     def load_arrays(self) -> ImageArrays:

@@ -281,7 +281,7 @@ def test_unreachable_mirrors_are_all_reported_and_nothing_is_left_behind(tmp_pat
     for stem in STEMS:
         assert f"http://127.0.0.1:9/x/{stem}.gz" in message
         assert f"http://127.0.0.1:9/y/{stem}.gz" in message
-    # The folders made for the download are gone again, lock file included.
+    # The folders made for the download are gone again.
     assert list(tmp_path.iterdir()) == []
 
 
