@@ -87,7 +87,8 @@ class ConvNet(nn.Sequential):
                 raise ValueError(
                     f"{len(conv_channels)} unpadded {kernel_size}x{kernel_size} convolutions"
                     f"{' with pooling' if pool else ''} do not fit a {in_shape[1]}x{in_shape[2]}"
-                    " input; use fewer or smaller ones"
+                    f" input: nothing is left after convolution {i}; use fewer convolutions or "
+                    f"smaller kernels{', or no pooling' if pool else ''}"
                 )
             layers.append((f"conv{i}", nn.Conv2d(channels, out_channels, kernel_size)))
             layers.append((f"act_conv{i}", make_activation(activation)))
