@@ -1,7 +1,7 @@
 """Benchmark: the same sweep with ASHA early stopping and without it.
 
-    python scripts/bench_tune.py --preset quick --samples 12 --max-epochs 8 \\
-        --train-subset 8000 --val-subset 2000 --report assignments/reports/sweeps/bench.md
+    python scripts/bench_tune.py --preset quick --samples 12 --max-epochs 9 --num-cpus 2 \\
+        --report assignments/reports/sweeps/bench.md
     python scripts/bench_tune.py --smoke
 
 Both sweeps use the same preset, trial count, seed and random searcher, so they try the same
