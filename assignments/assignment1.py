@@ -19,7 +19,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning as L
 import torch
@@ -34,6 +34,8 @@ from lightning_modules.fast_net import count_parameters
 from lightning_modules.networks import ACTIVATIONS, INITS
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 NETWORK_CHOICES = ("fast", "convnet")
 JPEG_NOTE = ("The CIFAR-10 copy in ../shared/data was JPEG-compressed (quality 75) before it "
@@ -128,6 +130,18 @@ class Assignment1Config:
         self.widths = tuple(self.widths)
 
 
+def preset_value(value: T | None, name: str) -> T:
+    """A field that ``Assignment1Config`` filled from its network's preset when it was built.
+
+    Raises:
+        ValueError: The field is None, which it is only if set so after the config was built.
+    """
+    if value is None:
+        raise ValueError(f"{name} is None; building an Assignment1Config fills it from its "
+                         "network's preset")
+    return value
+
+
 def resolve_precision(precision: str, accelerator: str) -> str:
     """Turns ``auto`` into ``bf16-mixed`` on a bf16-capable GPU and ``32-true`` elsewhere.
 
@@ -141,17 +155,18 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 
 def build_datamodule(config: Assignment1Config) -> CIFAR10DataModule:
+    batch_size = preset_value(config.batch_size, "batch_size")
     return CIFAR10DataModule(
         data_dir=config.data_dir,
-        batch_size=config.batch_size,
+        batch_size=batch_size,
         # A smoke run evaluates a few training-sized batches; a real run evaluates in thousands.
-        eval_batch_size=config.batch_size if config.smoke else max(config.batch_size, 1000),
+        eval_batch_size=batch_size if config.smoke else max(batch_size, 1000),
         split_seed=config.split_seed,
         train_subset=config.train_subset,
         val_subset=config.val_subset,
         download=config.download,
         num_workers=config.num_workers,
-        augment=config.augment,
+        augment=preset_value(config.augment, "augment"),
         crop_padding=config.crop_padding,
         pad_mode=config.pad_mode,
     )
@@ -219,9 +234,10 @@ def train_and_test(config: Assignment1Config, progress_bar: bool = True,
     datamodule = build_datamodule(config)
     model = build_model(config)
     result = fit_and_test(
-        model, datamodule, max_epochs=config.epochs, runs_dir=config.runs_dir,
-        name=config.name, accelerator=config.accelerator, precision=precision,
-        deterministic=config.deterministic, smoke=config.smoke, progress_bar=progress_bar,
+        model, datamodule, max_epochs=preset_value(config.epochs, "epochs"),
+        runs_dir=config.runs_dir, name=config.name, accelerator=config.accelerator,
+        precision=precision, deterministic=config.deterministic, smoke=config.smoke,
+        progress_bar=progress_bar,
     )
     result.extras.update(parameters=count_parameters(model.net), precision=precision)
     run_dir = result.run_dir

@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import statistics
 import time
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -29,9 +29,11 @@ from assignments.assignment1 import (
     build_datamodule,
     build_model,
     network_spec,
+    preset_value,
     resolve_precision,
     train_and_test,
 )
+from assignments.config import PrecisionName
 from data_modules.cifar10 import CIFAR10DataModule
 from lightning_modules.networks import build_network
 
@@ -68,9 +70,9 @@ def lightning_throughput(config: Assignment1Config, datamodule: CIFAR10DataModul
     model = build_model(config)
     model.net.load_state_dict(state)
     clock = BatchClock()
+    precision = resolve_precision(config.precision, config.accelerator)
     trainer = L.Trainer(
-        accelerator=config.accelerator, devices=1,
-        precision=resolve_precision(config.precision, config.accelerator),  # type: ignore[arg-type]
+        accelerator=config.accelerator, devices=1, precision=cast(PrecisionName, precision),
         deterministic=config.deterministic, max_epochs=1, limit_train_batches=batches,
         limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
@@ -94,14 +96,19 @@ def plain_throughput(config: Assignment1Config, datamodule: CIFAR10DataModule,
     net.load_state_dict(state)
     net.to(device).train()
     if config.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
-                                nesterov=config.nesterov, weight_decay=config.weight_decay)
+        # Module.to takes memory_format at run time; torch's overloads leave it out.
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    lr = preset_value(config.lr, "lr")
+    label_smoothing = preset_value(config.label_smoothing, "label_smoothing")
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr,
+                                momentum=preset_value(config.momentum, "momentum"),
+                                nesterov=preset_value(config.nesterov, "nesterov"),
+                                weight_decay=preset_value(config.weight_decay, "weight_decay"))
     scheduler = None
     if config.lr_schedule != "constant":
         linear = config.lr_schedule == "linear"
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=batches, pct_start=config.warmup_fraction,
+            optimizer, max_lr=lr, total_steps=batches, pct_start=config.warmup_fraction,
             anneal_strategy="linear" if linear else "cos", cycle_momentum=not linear)
     ends: list[tuple[float, int]] = []
     for step, (images, labels) in enumerate(datamodule.train_dataloader()):
@@ -113,7 +120,7 @@ def plain_throughput(config: Assignment1Config, datamodule: CIFAR10DataModule,
         images = datamodule.normalize(images)
         if config.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        loss = F.cross_entropy(net(images), labels, label_smoothing=config.label_smoothing)
+        loss = F.cross_entropy(net(images), labels, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -140,7 +147,8 @@ def compare_throughput(config: Assignment1Config, batches: int = 12, warmup: int
         ``plain`` and ``lightning`` (images/s of each measurement), their medians, and
         ``ratio`` (Lightning median over plain median).
     """
-    config = dataclasses.replace(config, train_subset=batches * config.batch_size)
+    batch_size = preset_value(config.batch_size, "batch_size")
+    config = dataclasses.replace(config, train_subset=batches * batch_size)
     datamodule = build_datamodule(config)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -187,9 +195,10 @@ def budget_run(config: Assignment1Config, budget_minutes: float, calibration_ima
     Returns:
         The plan, measured speed, fit time and test metrics.
     """
-    calibration_batches = max(4, -(-calibration_images // config.batch_size))
+    batch_size = preset_value(config.batch_size, "batch_size")
+    calibration_batches = max(4, -(-calibration_images // batch_size))
     datamodule = build_datamodule(dataclasses.replace(
-        config, train_subset=(calibration_batches + 1) * config.batch_size))
+        config, train_subset=(calibration_batches + 1) * batch_size))
     datamodule.prepare_data()
     datamodule.setup("fit")
     L.seed_everything(config.seed, verbose=False)
@@ -198,7 +207,7 @@ def budget_run(config: Assignment1Config, budget_minutes: float, calibration_ima
     speed = plain_throughput(dataclasses.replace(config, lr_schedule="constant"), datamodule,
                              state, calibration_batches + 1, 1)
     epochs, subset = plan_budget(speed, budget_minutes * 60, 50_000 - datamodule.val_size,
-                                 config.batch_size)
+                                 batch_size)
     log.info("%s: %.1f images/s measured; planning %d epoch(s) over %s training images",
              config.network, speed, epochs, subset or "all")
     run_config = dataclasses.replace(config, epochs=epochs, train_subset=subset)

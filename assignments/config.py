@@ -14,15 +14,17 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
 C = TypeVar("C")
 
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "64-true")
+# The precisions a config offers, typed as values of the Trainer's ``precision`` argument.
+PrecisionName = Literal["32-true", "bf16-mixed", "16-mixed", "64-true"]
+PRECISIONS: tuple[PrecisionName, ...] = ("32-true", "bf16-mixed", "16-mixed", "64-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
@@ -46,6 +48,11 @@ def _base_type(annotation: Any) -> tuple[Any, bool]:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         return args[0], True
     return annotation, False
+
+
+def _none_or(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type that reads ``none`` as None and any other text with ``kind``."""
+    return lambda s: None if s == "none" else kind(s)
 
 
 def _coerce(cls: type, name: str, value: Any) -> Any:
@@ -127,8 +134,8 @@ def build_parser(cls: type, description: str) -> argparse.ArgumentParser:
             parser.add_argument(flag, type=item, nargs="+", metavar=item.__name__.upper(),
                                 **options)
         elif optional:
-            parser.add_argument(flag, type=lambda s, k=kind: None if s == "none" else k(s),
-                                metavar=kind.__name__.upper(), **options)
+            parser.add_argument(flag, type=_none_or(kind), metavar=kind.__name__.upper(),
+                                **options)
         else:
             # With choices, argparse's default metavar lists them: {sigmoid,relu,...}.
             metavar = None if "choices" in options else kind.__name__.upper()

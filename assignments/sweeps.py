@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -47,7 +47,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from assignments import assignment1, quiz14
-from assignments.config import default_data_dir, save_config, to_dict
+from assignments.config import PrecisionName, default_data_dir, save_config, to_dict
 from assignments.reporting import markdown_table
 from assignments.search_spaces import (
     ASSIGNMENT1_PRESETS,
@@ -56,6 +56,7 @@ from assignments.search_spaces import (
     config_fields,
 )
 from assignments.training import environment_summary
+from data_modules.base import TensorImageDataModule
 from lightning_modules.classifier import ImageClassifier
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class Assignment:
 
     name: str
     config_cls: type
-    build_datamodule: Callable[[Any], L.LightningDataModule]
+    build_datamodule: Callable[[Any], TensorImageDataModule]
     build_model: Callable[[Any], ImageClassifier]
     train_and_test: Callable[..., Any]
     presets: Mapping[str, SearchSpace]
@@ -444,7 +445,7 @@ class HparamsWithMetrics(Callback):
         trainer.logger.log_metrics({"hp/val_acc": self.best_acc, "hp/val_loss": self.best_loss},
                                    step=trainer.global_step)
         experiment = getattr(trainer.logger, "experiment", None)
-        if hasattr(experiment, "flush"):
+        if experiment is not None and hasattr(experiment, "flush"):
             experiment.flush()
 
 
@@ -497,18 +498,20 @@ def train_trial(
     L.seed_everything(run.seed, workers=True)
     datamodule = spec.build_datamodule(run)
     if val_subset is not None:
-        datamodule.val_subset = val_subset  # type: ignore[attr-defined]
+        datamodule.val_subset = val_subset
     model = spec.build_model(run)
 
     trial_dir = Path(sweep_dir) / f"trial_{tune.get_context().get_trial_id()}"
     logger = TensorBoardLogger(save_dir=str(trial_dir), name="", version="",
                                default_hp_metric=False)
     report = report_callback()
+    smoke_limits: dict[str, Any] = (
+        {"limit_train_batches": 4, "limit_val_batches": 2} if run.smoke else {})
     trainer = L.Trainer(
         max_epochs=run.epochs,
         accelerator=run.accelerator,
         devices=1,
-        precision=spec.precision(run),
+        precision=cast(PrecisionName, spec.precision(run)),
         deterministic=run.deterministic,
         logger=logger,
         # The events are written and flushed before the report that may end the process.
@@ -517,7 +520,7 @@ def train_trial(
         enable_progress_bar=False,
         enable_model_summary=False,
         log_every_n_steps=10,
-        **({"limit_train_batches": 4, "limit_val_batches": 2} if run.smoke else {}),
+        **smoke_limits,
     )
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:

@@ -9,21 +9,22 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from assignments.config import PrecisionName
 from data_modules.base import TensorImageDataModule
 from lightning_modules.classifier import ImageClassifier
 
 log = logging.getLogger(__name__)
 
 # Trainer limits of a smoke run: enough batches to exercise every stage, seconds in all.
-SMOKE_LIMITS = {"limit_train_batches": 4, "limit_val_batches": 2, "limit_test_batches": 2,
-                "limit_predict_batches": 2}
+SMOKE_LIMITS: dict[str, Any] = {"limit_train_batches": 4, "limit_val_batches": 2,
+                                "limit_test_batches": 2, "limit_predict_batches": 2}
 
 
 class EpochHistory(Callback):
@@ -138,7 +139,7 @@ def fit_and_test(
         max_epochs=1 if smoke else max_epochs,
         accelerator=accelerator,
         devices=1,
-        precision=precision,  # type: ignore[arg-type]
+        precision=cast(PrecisionName, precision),
         deterministic=deterministic,
         logger=logger,
         callbacks=[checkpoint, history],

@@ -93,9 +93,9 @@ class TensorImageDataModule(L.LightningDataModule, abc.ABC):
         for name, value in (("batch_size", batch_size), ("val_size", val_size)):
             if value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
-        for name, value in (("train_subset", train_subset), ("val_subset", val_subset)):
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be a positive integer or None, got {value}")
+        for name, subset in (("train_subset", train_subset), ("val_subset", val_subset)):
+            if subset is not None and subset < 1:
+                raise ValueError(f"{name} must be a positive integer or None, got {subset}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
         self.save_hyperparameters()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 import lightning_modules.fast_net  # noqa: F401  (registers the "fast" network)
@@ -97,9 +97,11 @@ class ImageClassifier(L.LightningModule):
         self.save_hyperparameters()
         self.net = build_network(**(network or {}))
         if channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
-        num_classes = self.net.output.out_features if hasattr(self.net, "output") else 10
-        self.num_classes = int(num_classes)
+            # Module.to takes memory_format at run time; torch's overloads leave it out.
+            self.net = self.net.to(  # type: ignore[call-overload]
+                memory_format=torch.channels_last)
+        output = getattr(self.net, "output", None)
+        self.num_classes = 10 if output is None else int(output.out_features)
         # Keyed "train_acc", "val_loss", ...: a ModuleDict may not use the key "train".
         self.epoch_metrics = nn.ModuleDict()
         for stage in STAGES:
@@ -108,6 +110,10 @@ class ImageClassifier(L.LightningModule):
             )
             self.epoch_metrics[f"{stage}_loss"] = MeanMetric()
         self.val_acc_best = MaxMetric()
+
+    def _epoch_metric(self, key: str) -> Metric:
+        # A ModuleDict's items are typed as plain modules; every one of these is a Metric.
+        return cast(Metric, self.epoch_metrics[key])
 
     def forward(self, images: Tensor) -> Tensor:
         if self.hparams["channels_last"]:
@@ -122,7 +128,7 @@ class ImageClassifier(L.LightningModule):
         loss = classification_loss(
             self.hparams["loss"], logits, labels, self.hparams["label_smoothing"]
         )
-        mean_loss, accuracy = (self.epoch_metrics[f"{stage}_{m}"] for m in ("loss", "acc"))
+        mean_loss, accuracy = (self._epoch_metric(f"{stage}_{m}") for m in ("loss", "acc"))
         # update(), not forward(): only epoch values are logged, so no per-batch value is due.
         mean_loss.update(loss.detach(), weight=len(labels))
         accuracy.update(logits.detach(), labels)
@@ -152,24 +158,25 @@ class ImageClassifier(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        self.val_acc_best(self.epoch_metrics["val_acc"].compute())
+        self.val_acc_best(self._epoch_metric("val_acc").compute())
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=False)
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         params = self.net.parameters()
-        fused = {"fused": True} if hp["fused"] else {}
+        # None is the optimizers' default: they pick their implementation themselves.
+        fused = True if hp["fused"] else None
         optimizer: torch.optim.Optimizer
         if hp["optimizer"] == "sgd":
             optimizer = torch.optim.SGD(params, lr=hp["lr"], momentum=hp["momentum"],
                                         nesterov=hp["nesterov"],
-                                        weight_decay=hp["weight_decay"], **fused)
+                                        weight_decay=hp["weight_decay"], fused=fused)
         elif hp["optimizer"] == "adam":
             optimizer = torch.optim.Adam(params, lr=hp["lr"], weight_decay=hp["weight_decay"],
-                                         **fused)
+                                         fused=fused)
         elif hp["optimizer"] == "adamw":
             optimizer = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"],
-                                          **fused)
+                                          fused=fused)
         else:
             optimizer = torch.optim.RMSprop(params, lr=hp["lr"], momentum=hp["momentum"],
                                             weight_decay=hp["weight_decay"])
@@ -192,4 +199,4 @@ class ImageClassifier(L.LightningModule):
     def log_hparams_with_metrics(self, metrics: dict[str, float]) -> None:
         """Writes the hyperparameters with final metrics, for TensorBoard's HPARAMS tab."""
         for logger in self.loggers:
-            logger.log_hyperparams(self.hparams, metrics)
+            logger.log_hyperparams(dict(self.hparams), metrics)

@@ -16,12 +16,14 @@ import argparse
 import contextlib
 import statistics
 import time
+from typing import Any, cast
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
+from assignments.config import PrecisionName
 from assignments.quiz14 import Quiz14Config, build_datamodule, build_model
 from assignments.training import environment_summary
 from data_modules.mnist import MNISTDataModule
@@ -44,8 +46,8 @@ def lightning_rate(config: Quiz14Config, dm: MNISTDataModule, batches: int) -> f
     trainer = L.Trainer(
         max_epochs=1, limit_train_batches=batches, limit_val_batches=0, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        precision=config.precision, accelerator=config.accelerator, devices=1,
-        deterministic=config.deterministic, callbacks=[timer],
+        precision=cast(PrecisionName, config.precision), accelerator=config.accelerator,
+        devices=1, deterministic=config.deterministic, callbacks=[timer],
     )
     trainer.fit(model, datamodule=dm)
     return batches * config.batch_size / timer.seconds
@@ -95,7 +97,7 @@ def compare(config: Quiz14Config, dm: MNISTDataModule, batches: int, rounds: int
 
 def variants(config: Quiz14Config, dm: MNISTDataModule, batches: int, rounds: int) -> None:
     """Plain-loop throughput of the numeric settings this machine could train with."""
-    settings = {
+    settings: dict[str, dict[str, Any]] = {
         "fp32": {"channels_last": False, "fused": False},
         "fp32 channels-last": {"channels_last": True, "fused": False},
         "fp32 channels-last fused": {"channels_last": True, "fused": True},

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ray.shutdown()
 
-    budget = base.samples * base.max_epochs
+    budget = base.trial_count * base.max_epochs
     rows = []
     for label, result in results.items():
         best = result.best

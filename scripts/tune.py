@@ -24,6 +24,7 @@ import sys
 import textwrap
 from collections.abc import Collection
 
+from assignments.config import default_data_dir
 from assignments.sweeps import (
     ASSIGNMENTS,
     SEARCHERS,
@@ -78,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="GPUs of each trial, fractions allowed (default: up to 4 trials per GPU, 0 without)")
     add("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     add("--address", help="join this running Ray cluster instead of starting a local Ray")
-    add("--data-dir", default=defaults["data_dir"].default_factory(),
+    add("--data-dir", default=default_data_dir(),
         help="dataset folder (default: $DATA_DIR or ./data)")
     add("--train-subset", type=int, help="train each trial on only this many images")
     add("--val-subset", type=int, help="validate each trial on only this many images")
