@@ -31,7 +31,7 @@ from data_modules.augment import PAD_MODES
 from data_modules.cifar10 import CIFAR10DataModule
 from lightning_modules.classifier import LOSSES, LR_SCHEDULES, OPTIMIZERS, ImageClassifier
 from lightning_modules.fast_net import count_parameters
-from lightning_modules.networks import ACTIVATIONS, INITS
+from lightning_modules.networks import ACTIVATIONS, INITS, feature_map_size
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,9 @@ class Assignment1Config:
         if self.crop_padding < 0:
             raise ValueError(f"crop_padding must be 0 or more, got {self.crop_padding}")
         self.conv_channels = tuple(self.conv_channels)
+        if self.network == "convnet":
+            shape = CIFAR10DataModule.image_shape
+            feature_map_size(shape, len(self.conv_channels), pool=self.pool)
         self.dense_units = tuple(self.dense_units)
         self.widths = tuple(self.widths)
 

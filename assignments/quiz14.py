@@ -25,7 +25,7 @@ from assignments.reporting import markdown_table, plot_curves, write_prediction_
 from assignments.training import RunResult, environment_summary, fit_and_test
 from data_modules.mnist import MNISTDataModule
 from lightning_modules.classifier import LOSSES, OPTIMIZERS, ImageClassifier
-from lightning_modules.networks import ACTIVATIONS, INITS
+from lightning_modules.networks import ACTIVATIONS, INITS, feature_map_size
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class Quiz14Config:
             raise ValueError(f"unknown activations {unknown}; choose from {sorted(ACTIVATIONS)}")
         self.conv_channels = tuple(self.conv_channels)
         self.dense_units = tuple(self.dense_units)
+        feature_map_size(MNISTDataModule.image_shape, len(self.conv_channels), pool=self.pool)
 
 
 def build_datamodule(config: Quiz14Config) -> MNISTDataModule:

@@ -39,6 +39,28 @@ def glorot_init(module: nn.Module) -> None:
                 nn.init.zeros_(layer.bias)
 
 
+def feature_map_size(in_shape: Sequence[int], convolutions: int, kernel_size: int = 3,
+                     pool: bool = False) -> tuple[int, int]:
+    """Height and width left after unpadded convolutions, each optionally max-pooled 2 x 2.
+
+    Raises:
+        ValueError: Nothing is left of the image; the message names the convolution.
+    """
+    height, width = in_shape[-2], in_shape[-1]
+    for i in range(1, convolutions + 1):
+        height, width = height - kernel_size + 1, width - kernel_size + 1
+        if pool:
+            height, width = height // 2, width // 2
+        if height < 1 or width < 1:
+            raise ValueError(
+                f"{convolutions} unpadded {kernel_size}x{kernel_size} convolutions"
+                f"{' with pooling' if pool else ''} do not fit a {in_shape[-2]}x{in_shape[-1]}"
+                f" input: nothing is left after convolution {i}; use fewer convolutions or "
+                f"smaller kernels{', or no pooling' if pool else ''}"
+            )
+    return height, width
+
+
 class ConvNet(nn.Sequential):
     """The Quiz 14 family: unpadded 3 x 3 convolutions, then fully connected layers.
 
@@ -76,20 +98,11 @@ class ConvNet(nn.Sequential):
     ) -> None:
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
-        channels, height, width = in_shape
+        channels = in_shape[0]
+        height, width = feature_map_size(in_shape, len(conv_channels), kernel_size, pool)
         layers: list[tuple[str, nn.Module]] = []
         for i, out_channels in enumerate(conv_channels, start=1):
             # (N, C, H, W) -> (N, out_channels, H - k + 1, W - k + 1), halved when pooling
-            height, width = height - kernel_size + 1, width - kernel_size + 1
-            if pool:
-                height, width = height // 2, width // 2
-            if height < 1 or width < 1:
-                raise ValueError(
-                    f"{len(conv_channels)} unpadded {kernel_size}x{kernel_size} convolutions"
-                    f"{' with pooling' if pool else ''} do not fit a {in_shape[1]}x{in_shape[2]}"
-                    f" input: nothing is left after convolution {i}; use fewer convolutions or "
-                    f"smaller kernels{', or no pooling' if pool else ''}"
-                )
             layers.append((f"conv{i}", nn.Conv2d(channels, out_channels, kernel_size)))
             layers.append((f"act_conv{i}", make_activation(activation)))
             if pool:

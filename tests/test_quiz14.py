@@ -115,6 +115,16 @@ def test_yaml_config_then_command_line_overrides(tmp_path):
     assert config.epochs == 5
 
 
+def test_a_network_that_does_not_fit_the_image_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        quiz14.main(["--conv-channels", "8", "8", "8", "8", "--pool", "--runs-dir",
+                     str(tmp_path / "runs")])
+
+    assert exit_info.value.code == 2
+    assert "nothing is left after convolution 4" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_pool_option_reaches_the_network(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("conv_channels: [16, 32]\ndense_units: [128]\npool: true\n")
