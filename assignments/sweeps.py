@@ -677,6 +677,9 @@ def load_settings(sweep_dir: str | Path) -> SweepSettings:
     """
     record = _read_sweep_yaml(sweep_dir)
     record.pop("space", None)
+    # The folder may have been copied or moved since: it is where the sweep lives now.
+    folder = Path(sweep_dir).expanduser().resolve()
+    record.update(runs_dir=str(folder.parent), name=folder.name)
     return SweepSettings(**record)
 
 
@@ -917,13 +920,15 @@ def retrain_best(sweep_dir: str | Path, epochs: int | None = None,
                                  runs_dir=str(sweep_dir), name="retrain")
     result = spec.train_and_test(config, progress_bar=False)
     metrics = result.metrics
+    trained = ("a smoke run of a few batches" if smoke else
+               f"{config.epochs} epoch{'s' * (config.epochs != 1)} on the full training split")
     verdict = "reaches" if metrics["val/acc_best"] >= TUTORIAL_VAL_ACC else "falls short of"
     rows = [("validation accuracy (best epoch)", metrics["val/acc_best"], TUTORIAL_VAL_ACC),
             ("test accuracy", metrics["test/acc"], "")]
     (sweep_dir / "retrain.md").write_text(
         markdown_table(["metric", "retrained best config", "tutorial"], rows)
         + f"\nThe retrained config {verdict} the tutorial's {TUTORIAL_VAL_ACC} validation "
-        f"accuracy after {config.epochs} epochs on the full training split.\n"
+        f"accuracy after {trained}.\n"
         f"Config: {to_dict(config)}\nRun: {result.run_dir}\n"
         f"Machine and versions: {environment_summary()}.\n"
     )

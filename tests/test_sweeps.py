@@ -142,7 +142,9 @@ def test_resuming_after_the_preset_changed_is_refused(tmp_path, monkeypatch):
     started = SweepSettings(runs_dir=str(tmp_path), name="old", preset="quick")
     started.sweep_dir.mkdir(parents=True)
     sweeps.save_settings(started, started.sweep_dir / "sweep.yaml")
-    again = SweepSettings(runs_dir=str(tmp_path), name="old")
+    # A moved sweep is checked (and resumed) where it lies now, not where it started.
+    started.sweep_dir.rename(tmp_path / "moved")
+    again = SweepSettings(runs_dir=str(tmp_path), name="moved")
     # Unchanged, the check passes and the resume fails later for want of Ray's state.
     with pytest.raises(SweepError, match="holds no sweep state"):
         run_sweep(again, resume=True)
