@@ -55,7 +55,7 @@ from assignments.search_spaces import (
     SearchSpace,
     config_fields,
 )
-from assignments.training import environment_summary
+from assignments.training import SMOKE_LIMITS, environment_summary
 from data_modules.base import TensorImageDataModule
 from lightning_modules.classifier import ImageClassifier
 
@@ -505,8 +505,6 @@ def train_trial(
     logger = TensorBoardLogger(save_dir=str(trial_dir), name="", version="",
                                default_hp_metric=False)
     report = report_callback()
-    smoke_limits: dict[str, Any] = (
-        {"limit_train_batches": 4, "limit_val_batches": 2} if run.smoke else {})
     trainer = L.Trainer(
         max_epochs=run.epochs,
         accelerator=run.accelerator,
@@ -520,7 +518,7 @@ def train_trial(
         enable_progress_bar=False,
         enable_model_summary=False,
         log_every_n_steps=10,
-        **smoke_limits,
+        **(SMOKE_LIMITS if run.smoke else {}),
     )
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
